@@ -1,0 +1,178 @@
+"""Semantic-segmentation inference for Mask2Former outputs: whole image, sliding window, TTA.
+
+``semantic_probs`` turns the set prediction into a per-class score map
+(``softmax(class)[..., :-1]`` weighted sum of ``sigmoid(mask)``). The other functions take a
+callable ``predict(images [B, 3, h, w]) -> scores [B, C, h, w]`` (scores at the input
+resolution), so they work for any model; whole-image inference is ``predict(images)`` itself.
+They compose: ``tta_inference(lambda x: slide_inference(predict, x, ...), images, ...)``
+reproduces the official DINOv3 evaluation (slide per TTA view, views averaged).
+"""
+import logging
+import math
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["semantic_probs", "slide_inference", "tta_inference"]
+
+logger = logging.getLogger(__name__)
+
+Predictor = Callable[[torch.Tensor], torch.Tensor]
+
+
+def semantic_probs(
+    pred_logits: torch.Tensor,
+    pred_masks: torch.Tensor,
+    *,
+    output_size: Optional[Tuple[int, int]] = None,
+) -> torch.Tensor:
+    """Per-class scores from class logits and mask logits, in float32.
+
+    Args:
+        pred_logits: [B, Q, C + 1] class logits (last entry = no-object).
+        pred_masks: [B, Q, h, w] mask logits.
+        output_size: optional (H, W); the mask logits are resized to it (bilinear,
+            ``align_corners=False``) before the sigmoid, as Mask2Former does.
+
+    Returns:
+        [B, C, h, w] (or [B, C, H, W]) scores: sum over queries of p(class) * sigmoid(mask).
+    """
+    if pred_logits.dim() != 3 or pred_masks.dim() != 4 or pred_logits.shape[:2] != pred_masks.shape[:2]:
+        raise ValueError(
+            f"expected pred_logits [B, Q, C+1] and pred_masks [B, Q, h, w], got "
+            f"{tuple(pred_logits.shape)} and {tuple(pred_masks.shape)}"
+        )
+    mask_logits = pred_masks.float()
+    if output_size is not None:
+        mask_logits = F.interpolate(mask_logits, size=output_size, mode="bilinear", align_corners=False)
+    class_probs = pred_logits.float().softmax(-1)[..., :-1]  # [B, Q, C]
+    return torch.einsum("bqc,bqhw->bchw", class_probs, mask_logits.sigmoid())
+
+
+def _check_prediction(scores: torch.Tensor, images: torch.Tensor, num_classes: Optional[int]) -> None:
+    """Raise if ``predict`` returned scores of the wrong shape for ``images``."""
+    expected_channels = scores.shape[1] if num_classes is None else num_classes
+    expected = (images.shape[0], expected_channels, images.shape[2], images.shape[3])
+    if scores.dim() != 4 or tuple(scores.shape) != expected:
+        raise ValueError(
+            f"predict returned shape {tuple(scores.shape)} for input {tuple(images.shape)}; "
+            f"expected {expected}"
+        )
+
+
+def _window_starts(size: int, crop: int, stride: int) -> List[int]:
+    """Window starts along one axis: every ``stride``, the last one flush with the end."""
+    num_windows = max(math.ceil((size - crop) / stride), 0) + 1
+    return [min(i * stride, size - crop) for i in range(num_windows)]
+
+
+def slide_inference(
+    predict: Predictor,
+    images: torch.Tensor,
+    *,
+    crop_size: Tuple[int, int],
+    stride: Tuple[int, int],
+    num_classes: int,
+) -> torch.Tensor:
+    """Sliding-window inference: average the scores of overlapping crops.
+
+    Windows of ``crop_size`` start every ``stride`` pixels; the last window of each axis is
+    shifted back to end at the image border, so every pixel is covered. Each pixel's score is
+    the mean over the windows covering it. Along an axis where the image is smaller than the
+    crop, the window is the whole axis (no padding here): ``predict`` then receives a smaller
+    crop and must accept it (padding to its size divisibility is the predictor's job).
+
+    Args:
+        predict: images [B, 3, h, w] -> scores [B, num_classes, h, w].
+        images: [B, 3, H, W] images (any H, W).
+        crop_size: (h_crop, w_crop) window size.
+        stride: (h_stride, w_stride), each in [1, crop size].
+        num_classes: C, the number of score channels.
+
+    Returns:
+        [B, C, H, W] float32 scores on the device of ``images``.
+    """
+    if images.dim() != 4:
+        raise ValueError(f"images must have shape [B, 3, H, W], got {tuple(images.shape)}")
+    if any(c <= 0 for c in crop_size) or any(not 0 < s <= c for s, c in zip(stride, crop_size)):
+        raise ValueError(
+            f"need crop_size > 0 and 0 < stride <= crop_size, got crop_size={crop_size}, stride={stride}"
+        )
+    batch, _, height, width = images.shape
+    crop_h, crop_w = min(crop_size[0], height), min(crop_size[1], width)
+    scores = images.new_zeros((batch, num_classes, height, width), dtype=torch.float32)
+    counts = images.new_zeros((1, 1, height, width), dtype=torch.float32)
+    for y in _window_starts(height, crop_h, stride[0]):
+        for x in _window_starts(width, crop_w, stride[1]):
+            crop = images[:, :, y : y + crop_h, x : x + crop_w]
+            crop_scores = predict(crop)  # [B, C, crop_h, crop_w]
+            _check_prediction(crop_scores, crop, num_classes)
+            scores[:, :, y : y + crop_h, x : x + crop_w] += crop_scores.float()
+            counts[:, :, y : y + crop_h, x : x + crop_w] += 1.0
+    return scores / counts
+
+
+def _scaled_size(size: int, scale: float, size_divisibility: int) -> int:
+    """``size * scale`` rounded to the nearest integer, then up to a multiple of size_divisibility."""
+    scaled = max(int(size * scale + 0.5), 1)
+    if size_divisibility > 1:
+        scaled = math.ceil(scaled / size_divisibility) * size_divisibility
+    return scaled
+
+
+def tta_inference(
+    predict: Predictor,
+    images: torch.Tensor,
+    *,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    size_divisibility: int = 32,
+) -> torch.Tensor:
+    """Test-time augmentation: multi-scale and horizontal-flip views, scores averaged.
+
+    For every scale, the images are resized (bilinear, ``align_corners=False``) to
+    ``(round(H * s), round(W * s))``, each side rounded up to a multiple of
+    ``size_divisibility`` (0 or 1 = no rounding; so with the default the 1.0 view of an image
+    whose sides are not multiples of 32 is slightly stretched). With ``flip``, the horizontally
+    flipped view is predicted too and its scores flipped back. Every view's scores are resized
+    back to (H, W) (bilinear) and the views averaged with equal weight.
+
+    Args:
+        predict: images [B, 3, h, w] -> scores [B, C, h, w].
+        images: [B, 3, H, W] images.
+        scales: resize ratios, e.g. (0.9, 0.95, 1.0, 1.05, 1.1).
+        flip: also predict the horizontally flipped images.
+        size_divisibility: round each resized side up to a multiple of this.
+
+    Returns:
+        [B, C, H, W] float32 averaged scores.
+    """
+    if images.dim() != 4:
+        raise ValueError(f"images must have shape [B, 3, H, W], got {tuple(images.shape)}")
+    if len(scales) == 0 or any(s <= 0 for s in scales):
+        raise ValueError(f"scales must be a non-empty sequence of positive ratios, got {scales}")
+    if size_divisibility < 0:
+        raise ValueError(f"size_divisibility must be >= 0, got {size_divisibility}")
+    height, width = images.shape[-2:]
+    total: Optional[torch.Tensor] = None
+    num_views = 0
+    for scale in scales:
+        size = (_scaled_size(height, scale, size_divisibility), _scaled_size(width, scale, size_divisibility))
+        resized = images
+        if size != (height, width):
+            resized = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        for flipped in (False, True) if flip else (False,):
+            view = resized.flip(-1) if flipped else resized
+            view_scores = predict(view)  # [B, C, h_s, w_s]
+            _check_prediction(view_scores, view, None)
+            view_scores = view_scores.float()
+            if flipped:
+                view_scores = view_scores.flip(-1)
+            if size != (height, width):
+                view_scores = F.interpolate(
+                    view_scores, size=(height, width), mode="bilinear", align_corners=False
+                )
+            total = view_scores if total is None else total + view_scores
+            num_views += 1
+    return total / num_views
