@@ -1,0 +1,150 @@
+"""Reading and checking semantic segmentation label masks (no detectron2).
+
+A label mask is a single-channel PNG whose pixel values are class ids; one value (usually 255)
+marks pixels to ignore. Raw datasets whose files use other values (e.g. LoveDA: 0 = no-data,
+1..7 = classes) are read through a ``label_map`` that sends every raw value to a class id or to
+the ignore value.
+
+The same reader serves the training mapper, the evaluator and the command-line tools, so every
+consumer sees identical labels and identical error messages.
+"""
+import os
+from typing import Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "MASK_FORMAT_HINT",
+    "apply_label_map",
+    "check_label_values",
+    "check_same_size",
+    "read_label_mask",
+]
+
+MASK_FORMAT_HINT = (
+    "convert it to a single-channel label PNG: pixel values are class ids, {ignore} = ignore"
+)
+# How many offending values / files an error message lists before it abbreviates.
+_MAX_LISTED = 10
+
+
+def _format_values(values: Sequence[int]) -> str:
+    shown = ", ".join(str(int(v)) for v in values[:_MAX_LISTED])
+    if len(values) > _MAX_LISTED:
+        shown += f", ... ({len(values)} values)"
+    return "[" + shown + "]"
+
+
+def apply_label_map(
+    labels: np.ndarray, label_map: Mapping[int, int], *, path: str = "<array>"
+) -> np.ndarray:
+    """Translate raw mask values to class ids.
+
+    Args:
+        labels: integer array of raw values, any shape.
+        label_map: raw value -> class id (or the ignore value). Every raw value present in
+            ``labels`` must be a key.
+        path: file the labels came from, used in error messages.
+
+    Returns:
+        int64 array of the same shape with mapped values.
+    """
+    if len(label_map) == 0:
+        raise ValueError("label_map must not be empty")
+    keys = np.array([int(k) for k in label_map.keys()], dtype=np.int64)
+    if keys.min() < 0:
+        raise ValueError(f"label_map keys must be >= 0, got {sorted(keys.tolist())}")
+    present = np.unique(labels)
+    unknown = np.setdiff1d(present, keys)
+    if unknown.size:
+        raise ValueError(
+            f"mask {path} contains values {_format_values(unknown.tolist())} that the dataset's "
+            f"label_map does not cover (known raw values: {sorted(keys.tolist())})"
+        )
+    lut = np.zeros(int(max(keys.max(), present.max())) + 1, dtype=np.int64)
+    for raw, mapped in label_map.items():
+        lut[int(raw)] = int(mapped)
+    return lut[labels]
+
+
+def check_label_values(
+    labels: np.ndarray, *, num_classes: int, ignore_value: int = 255, path: str = "<array>"
+) -> None:
+    """Raise if ``labels`` holds values other than ``0..num_classes-1`` and ``ignore_value``.
+
+    Args:
+        labels: integer label array.
+        num_classes: number of classes of the dataset.
+        ignore_value: the value that marks ignored pixels.
+        path: file the labels came from, used in error messages.
+    """
+    present = np.unique(labels)
+    bad = present[((present < 0) | (present >= num_classes)) & (present != ignore_value)]
+    if bad.size:
+        raise ValueError(
+            f"mask {path} contains label values {_format_values(bad.tolist())} outside "
+            f"0..{num_classes - 1} (num_classes={num_classes}) that are not the ignore value "
+            f"{ignore_value}"
+        )
+
+
+def check_same_size(
+    image_shape: Tuple[int, ...], mask_shape: Tuple[int, ...], *, image_path: str, mask_path: str
+) -> None:
+    """Raise if an image and its mask differ in height or width.
+
+    Args:
+        image_shape: shape of the image array (H, W[, C]).
+        mask_shape: shape of the mask array (H, W).
+        image_path: image file, named in the error.
+        mask_path: mask file, named in the error.
+    """
+    if tuple(image_shape[:2]) != tuple(mask_shape[:2]):
+        raise ValueError(
+            f"image {image_path} is {image_shape[0]}x{image_shape[1]} (HxW) but its mask "
+            f"{mask_path} is {mask_shape[0]}x{mask_shape[1]}; they must have the same size"
+        )
+
+
+def read_label_mask(
+    path: str,
+    *,
+    label_map: Optional[Mapping[int, int]] = None,
+    num_classes: Optional[int] = None,
+    ignore_value: int = 255,
+) -> np.ndarray:
+    """Read a single-channel label mask and check its values.
+
+    Palette ("P" mode) PNGs are read as their palette indices, like PIL does.
+
+    Args:
+        path: mask file.
+        label_map: optional raw value -> class id mapping applied after reading.
+        num_classes: when given, values must lie in ``0..num_classes-1`` or equal ``ignore_value``
+            (checked after ``label_map``).
+        ignore_value: the value that marks ignored pixels.
+
+    Returns:
+        int64 array [H, W].
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"mask file {path} does not exist")
+    try:
+        with Image.open(path) as img:
+            mode = img.mode
+            labels = np.asarray(img)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read mask file {path}: {e}") from e
+    if labels.ndim != 2:
+        channels = labels.shape[2] if labels.ndim == 3 else labels.ndim
+        raise ValueError(
+            f"mask {path} has {channels} channels (PIL mode {mode!r}); "
+            + MASK_FORMAT_HINT.format(ignore=ignore_value)
+        )
+    labels = labels.astype(np.int64)
+    if label_map is not None:
+        labels = apply_label_map(labels, label_map, path=path)
+    if num_classes is not None:
+        check_label_values(labels, num_classes=num_classes, ignore_value=ignore_value, path=path)
+    return labels
