@@ -1,0 +1,5 @@
+"""layers of dinov3_m2f (plain PyTorch; no detectron2 import)."""
+from .ms_deform_attn import MSDeformAttn
+from .ms_deform_attn_func import ms_deform_attn, ms_deform_attn_pytorch
+
+__all__ = ["MSDeformAttn", "ms_deform_attn", "ms_deform_attn_pytorch"]
