@@ -134,7 +134,7 @@ class SetCriterion(nn.Module):
         self.importance_sample_ratio = importance_sample_ratio
         class_weight = torch.ones(num_classes + 1)
         class_weight[-1] = eos_coef
-        self.register_buffer("empty_weight", class_weight)
+        self.register_buffer("empty_weight", class_weight, persistent=False)
 
     def loss_labels(
         self,
