@@ -1,0 +1,235 @@
+#!/usr/bin/env python3
+"""Convert an official DINOv3 Mask2Former segmentor checkpoint to this project's Detectron2 model.
+
+Input (detected automatically, read with ``torch.load(weights_only=True)``; a raw state dict or one
+wrapped in ``"model"`` / ``"state_dict"``):
+
+* a released head checkpoint ``*_m2f_head-*.pth``: adapter + head, keys ``segmentation_model.0.*``
+  (adapter) and ``segmentation_model.1.*`` (head), no backbone;
+* a full segmentor state dict, which also holds the ViT (``segmentation_model.0.backbone.*``).
+
+Output: ``{"model": state_dict, "checkpoint_kind": ...}`` with the key names of
+``DINOv3Mask2Former``: adapter ``backbone.adapter.*``, ViT ``backbone.adapter.backbone.*`` (only
+with ``--include-backbone``), head ``sem_seg_head.*``. Without the ViT the file is a "trainable"
+checkpoint: load it with ``train.init_checkpoint`` and give the ViT through
+``model.backbone.weights``.
+
+``--class-merge mapping.json`` adds the head's class merge (ADE20K-150 -> N classes, see
+``dinov3_m2f.modeling.class_merge``) and prints the config fields to set.
+
+Examples:
+    python tools/convert_weights.py dinov3_vit7b16_ade20k_m2f_head.pth out/m2f_head_converted.pth
+    python tools/convert_weights.py head.pth out/merged.pth --class-merge configs/my_merge.json
+"""
+import argparse
+import logging
+import os
+import pickle
+import re
+import sys
+import tempfile
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+
+from dinov3_m2f.modeling.class_merge import OLD_TO_NEW_KEY, load_class_merge
+from dinov3_m2f.modeling.official_weights import (
+    BACKBONE_PREFIX,
+    convert_official_head_state_dict,
+    convert_official_segmentor_state_dict,
+)
+
+logger = logging.getLogger("convert_weights")
+
+# Key prefixes of the Detectron2 model (DINOv3Mask2Former -> D2DINOv3Backbone -> DINOv3Adapter).
+D2_ADAPTER_PREFIX = "backbone.adapter."
+D2_VIT_PREFIX = D2_ADAPTER_PREFIX + "backbone."
+D2_HEAD_PREFIX = "sem_seg_head."
+D2_CLASS_MERGE_KEY = D2_HEAD_PREFIX + "class_merge." + OLD_TO_NEW_KEY
+# Checkpoints may wrap the state dict under one of these keys.
+WRAPPER_KEYS = ("model", "state_dict")
+OFFICIAL_KEY_PREFIX = "segmentation_model."
+# How many keys an error message lists.
+_MAX_LISTED = 5
+
+StateDict = Dict[str, torch.Tensor]
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input", help="official checkpoint (.pth): released head or full segmentor")
+    parser.add_argument("output", help="converted checkpoint to write (.pth)")
+    parser.add_argument(
+        "--include-backbone",
+        action="store_true",
+        help="also store the frozen ViT (the input must be a full segmentor state dict)",
+    )
+    parser.add_argument(
+        "--class-merge",
+        metavar="MAPPING_JSON",
+        help='merge classes: {"classes": [{"name": ..., "merge": [old ids, 0-based]}, ...]}',
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    return parser.parse_args(argv)
+
+
+def load_official_state_dict(path: str) -> StateDict:
+    """Read a checkpoint and return its official state dict (unwrapped, tensors only).
+
+    Args:
+        path: checkpoint file.
+
+    Returns:
+        The state dict with ``segmentation_model.*`` keys.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"input checkpoint {path} does not exist")
+    try:
+        loaded: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        raise ValueError(f"cannot read checkpoint {path} with torch.load(weights_only=True): {e}") from e
+    if not isinstance(loaded, dict):
+        raise ValueError(f"checkpoint {path} holds a {type(loaded).__name__}, not a state dict")
+    for wrapper in WRAPPER_KEYS:
+        if isinstance(loaded.get(wrapper), dict):
+            logger.info("Using the state dict under %r of %s", wrapper, path)
+            loaded = loaded[wrapper]
+            break
+    keys = [k for k in loaded if isinstance(k, str)]
+    if keys and all(k.startswith((D2_ADAPTER_PREFIX, D2_HEAD_PREFIX)) for k in keys):
+        raise ValueError(f"checkpoint {path} already has this project's key names; nothing to convert")
+    foreign = [k for k in loaded if not (isinstance(k, str) and k.startswith(OFFICIAL_KEY_PREFIX))]
+    if not loaded or foreign:
+        raise ValueError(
+            f"checkpoint {path} is not an official DINOv3 segmentor checkpoint: expected only "
+            f"'{OFFICIAL_KEY_PREFIX}0.*' (adapter) and '{OFFICIAL_KEY_PREFIX}1.*' (head) keys, "
+            f"found {len(foreign)} others, e.g. {[str(k) for k in foreign[:_MAX_LISTED]]}"
+        )
+    not_tensors = [k for k, v in loaded.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise ValueError(f"checkpoint {path}: values of {not_tensors[:_MAX_LISTED]} are not tensors")
+    return loaded
+
+
+def to_d2_state_dict(sections: Mapping[str, StateDict], *, include_backbone: bool) -> StateDict:
+    """Prefix the converted sections with the Detectron2 model's module names.
+
+    Args:
+        sections: output of ``convert_official_{segmentor,head}_state_dict``.
+        include_backbone: keep the ViT keys (``sections["backbone"]``).
+
+    Returns:
+        State dict of ``DINOv3Mask2Former``.
+    """
+    prefixes = {"adapter": D2_ADAPTER_PREFIX, "head": D2_HEAD_PREFIX}
+    if include_backbone:
+        prefixes["backbone"] = D2_VIT_PREFIX
+    return {prefix + key: value for name, prefix in prefixes.items() for key, value in sections[name].items()}
+
+
+def head_summary(head: StateDict) -> Dict[str, int]:
+    """Head sizes read from converted head keys (predictor.*), for the config."""
+    num_layers = {int(m.group(1)) for k in head if (m := re.match(r"predictor\.transformer_ffn_layers\.(\d+)\.", k))}
+    query_feat = head["predictor.query_feat.weight"]  # [Q, hidden]
+    return {
+        "num_classes": head["predictor.class_embed.weight"].shape[0] - 1,
+        "hidden_dim": query_feat.shape[1],
+        "num_queries": query_feat.shape[0],
+        "dec_layers": len(num_layers),
+    }
+
+
+def _atomic_save(obj: Any, path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(prefix=".tmp_", suffix=".pth", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp_path, path)
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+
+
+def convert(
+    input_path: str, *, include_backbone: bool = False, class_merge_path: Optional[str] = None
+) -> Tuple[StateDict, List[str]]:
+    """Convert ``input_path`` to our key names.
+
+    Args:
+        input_path: official checkpoint.
+        include_backbone: keep the ViT (the input must be a full segmentor state dict).
+        class_merge_path: optional class-merge JSON file.
+
+    Returns:
+        (state dict, lines describing the config fields to set).
+    """
+    official = load_official_state_dict(input_path)
+    is_full = any(k.startswith(BACKBONE_PREFIX) for k in official)
+    if is_full:
+        sections = convert_official_segmentor_state_dict(official)
+    else:
+        sections = convert_official_head_state_dict(official)
+        if include_backbone:
+            raise ValueError(
+                f"--include-backbone: {input_path} is a head-only checkpoint without "
+                f"'{BACKBONE_PREFIX}*' keys; give the ViT with model.backbone.weights instead"
+            )
+    logger.info(
+        "%s: %s checkpoint, %d adapter, %d head%s keys",
+        input_path,
+        "full segmentor" if is_full else "head-only",
+        len(sections["adapter"]),
+        len(sections["head"]),
+        f", {len(sections['backbone'])} backbone" if is_full else "",
+    )
+    state_dict = to_d2_state_dict(sections, include_backbone=include_backbone)
+    sizes = head_summary(sections["head"])
+    embed_dim = sections["adapter"]["level_embed"].shape[1]  # [levels, D]
+    config = [
+        f"model.sem_seg_head.input_shape.channels = {embed_dim}",
+        f"model.sem_seg_head.hidden_dim = {sizes['hidden_dim']}",
+        f"model.sem_seg_head.num_queries = {sizes['num_queries']}",
+        f"model.sem_seg_head.dec_layers = {sizes['dec_layers']}",
+    ]
+    if class_merge_path is None:
+        config.append(f"model.num_classes = {sizes['num_classes']}")
+        return state_dict, config
+    merge = load_class_merge(class_merge_path, num_old_classes=sizes["num_classes"])
+    state_dict[D2_CLASS_MERGE_KEY] = merge.old_to_new.clone()
+    config += [
+        f"model.num_classes = {merge.num_classes}  # merged classes: {merge.class_names}",
+        f"model.sem_seg_head.num_classes = {sizes['num_classes']}  # the predictor's classes before merging",
+        f'model.sem_seg_head.class_merge = L(load_class_merge)(path="{class_merge_path}", '
+        f"num_old_classes={sizes['num_classes']})  # from dinov3_m2f.modeling.class_merge",
+        f"dataset: {merge.num_classes} classes in the mapping file's order",
+    ]
+    return state_dict, config
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry; returns the exit code."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if os.path.abspath(args.output) == os.path.abspath(args.input):
+        raise ValueError(f"output {args.output} must differ from the input")
+    if os.path.exists(args.output) and not args.overwrite:
+        raise FileExistsError(f"output {args.output} exists; pass --overwrite to replace it")
+    state_dict, config = convert(
+        args.input, include_backbone=args.include_backbone, class_merge_path=args.class_merge
+    )
+    kind = "full" if args.include_backbone else "trainable"
+    _atomic_save({"model": state_dict, "checkpoint_kind": kind}, args.output)
+    logger.info("Wrote %s checkpoint with %d keys to %s", kind, len(state_dict), args.output)
+    print(f"Converted {args.input} -> {args.output}. Config fields to set:")
+    for line in config:
+        print("  " + line)
+    print(f"  train.init_checkpoint = \"{args.output}\"")
+    if not args.include_backbone:
+        print("  model.backbone.weights = <the DINOv3 backbone weights the head was trained with>")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""Prepare Cityscapes fine label masks for Detectron2: ``*_gtFine_labelIds.png`` -> ``*_labelTrainIds.png``.
+
+Reads ``cityscapes/gtFine/<split>/<city>/*_gtFine_labelIds.png`` (the 34 Cityscapes label ids) and
+writes ``*_gtFine_labelTrainIds.png`` next to each file: the 19 evaluated classes as train ids
+0..18 and everything else as 255 (ignore), the layout ``cityscapes_fine_sem_seg_{train,val}``
+expects. Equivalent to cityscapesScripts' ``createTrainIdLabelImgs.py`` without needing that
+package. Existing outputs are kept unless ``--overwrite``; files are written atomically.
+
+Example:
+    python tools/prepare_cityscapes.py --root datasets/cityscapes
+"""
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from typing import List, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+from dinov3_m2f.data.io import apply_label_map
+
+logger = logging.getLogger("prepare_cityscapes")
+
+IGNORE_LABEL = 255
+# Label id -> train id of the 34 Cityscapes labels (ids 0..33), from the `labels` table of the
+# official cityscapesScripts (cityscapesscripts/helpers/labels.py). Ids whose label is not
+# evaluated map to 255; "license plate" (id -1) is never drawn in labelIds images.
+CITYSCAPES_ID_TO_TRAIN_ID = {
+    0: IGNORE_LABEL,   # unlabeled
+    1: IGNORE_LABEL,   # ego vehicle
+    2: IGNORE_LABEL,   # rectification border
+    3: IGNORE_LABEL,   # out of roi
+    4: IGNORE_LABEL,   # static
+    5: IGNORE_LABEL,   # dynamic
+    6: IGNORE_LABEL,   # ground
+    7: 0,              # road
+    8: 1,              # sidewalk
+    9: IGNORE_LABEL,   # parking
+    10: IGNORE_LABEL,  # rail track
+    11: 2,             # building
+    12: 3,             # wall
+    13: 4,             # fence
+    14: IGNORE_LABEL,  # guard rail
+    15: IGNORE_LABEL,  # bridge
+    16: IGNORE_LABEL,  # tunnel
+    17: 5,             # pole
+    18: IGNORE_LABEL,  # polegroup
+    19: 6,             # traffic light
+    20: 7,             # traffic sign
+    21: 8,             # vegetation
+    22: 9,             # terrain
+    23: 10,            # sky
+    24: 11,            # person
+    25: 12,            # rider
+    26: 13,            # car
+    27: 14,            # truck
+    28: 15,            # bus
+    29: IGNORE_LABEL,  # caravan
+    30: IGNORE_LABEL,  # trailer
+    31: 16,            # train
+    32: 17,            # motorcycle
+    33: 18,            # bicycle
+}  # fmt: skip
+LABEL_IDS_SUFFIX = "_gtFine_labelIds.png"
+TRAIN_IDS_SUFFIX = "_gtFine_labelTrainIds.png"
+DEFAULT_SPLITS = ("train", "val")
+# Log progress every this many files.
+PROGRESS_EVERY = 500
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    default_root = os.path.join(os.path.expanduser(os.environ.get("DETECTRON2_DATASETS", "datasets")), "cityscapes")
+    parser.add_argument("--root", default=default_root, help=f"cityscapes directory (default {default_root})")
+    parser.add_argument(
+        "--splits", nargs="+", default=list(DEFAULT_SPLITS), help="gtFine splits to convert (default: train val)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="rewrite outputs that already exist")
+    return parser.parse_args(argv)
+
+
+def write_label_png(labels: np.ndarray, path: str) -> None:
+    """Write an [H, W] label array (values 0..255) as a single-channel PNG, atomically."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp_path = tempfile.mkstemp(prefix=".tmp_", suffix=".png", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            Image.fromarray(labels.astype(np.uint8)).save(f, format="PNG")
+        os.replace(tmp_path, path)
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+
+
+def convert_file(src: str, dst: str) -> None:
+    """Convert one ``*_labelIds.png`` to train ids; unknown ids are an error naming the file."""
+    with Image.open(src) as img:
+        raw = np.asarray(img)
+    if raw.ndim != 2:
+        raise ValueError(f"label file {src} must be single-channel, got shape {raw.shape}")
+    write_label_png(apply_label_map(raw, CITYSCAPES_ID_TO_TRAIN_ID, path=src), dst)
+
+
+def find_label_files(split_dir: str) -> List[str]:
+    """All ``*_gtFine_labelIds.png`` under ``split_dir`` (recursively), sorted."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(split_dir):
+        dirnames.sort()
+        found += [os.path.join(dirpath, n) for n in sorted(filenames) if n.endswith(LABEL_IDS_SUFFIX)]
+    return found
+
+
+def prepare(root: str, *, splits: Sequence[str] = DEFAULT_SPLITS, overwrite: bool = False) -> int:
+    """Convert the given splits under ``root/gtFine``.
+
+    Args:
+        root: the cityscapes directory.
+        splits: gtFine splits.
+        overwrite: rewrite existing outputs.
+
+    Returns:
+        Number of files written.
+    """
+    written = 0
+    for split in splits:
+        split_dir = os.path.join(root, "gtFine", split)
+        if not os.path.isdir(split_dir):
+            raise FileNotFoundError(f"label directory {split_dir} does not exist (expected {root}/gtFine/<split>/<city>)")
+        sources = find_label_files(split_dir)
+        if not sources:
+            raise FileNotFoundError(f"no *{LABEL_IDS_SUFFIX} files under {split_dir}")
+        skipped = 0
+        for i, src in enumerate(sources):
+            dst = src[: -len(LABEL_IDS_SUFFIX)] + TRAIN_IDS_SUFFIX
+            if os.path.exists(dst) and not overwrite:
+                skipped += 1
+            else:
+                convert_file(src, dst)
+                written += 1
+            if (i + 1) % PROGRESS_EVERY == 0:
+                logger.info("%s: %d/%d", split, i + 1, len(sources))
+        logger.info("%s: %d label files in %s (%d already converted, kept)", split, len(sources), split_dir, skipped)
+    return written
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry; returns the exit code."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    written = prepare(args.root, splits=args.splits, overwrite=args.overwrite)
+    logger.info("Wrote %d files", written)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
