@@ -1,5 +1,4 @@
 """tools/check_dataset.py and data/checks.py on tiny datasets with one fault each."""
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -7,20 +6,13 @@ import pytest
 from PIL import Image
 
 from dinov3_m2f.data.checks import check_dataset, pair_files
+from helpers import load_tool
 
-TOOL = Path(__file__).parent.parent / "tools" / "check_dataset.py"
 NUM_CLASSES = 3
 SIZE = (8, 10)  # H, W
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("check_dataset", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _load_tool()
+tool = load_tool("check_dataset")
 
 
 def _make_dataset(root: Path, num: int = 3):

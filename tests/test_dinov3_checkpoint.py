@@ -1,6 +1,5 @@
 """DINOv3 ViT checkpoint loading: Meta .pth, safetensors, Hugging Face directories, errors."""
 import json
-import os
 
 import pytest
 import torch
@@ -13,13 +12,7 @@ from dinov3_m2f.modeling.dinov3 import (
     kwargs_from_official_config,
     load_dinov3_weights,
 )
-
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
-PARITY_ATOL = 1e-4
-
-
-def load_fixture(name):
-    return torch.load(os.path.join(FIXTURES, f"dinov3_vit_{name}.pt"), weights_only=True)
+from helpers import PARITY_ATOL, load_vit_fixture
 
 
 def empty_model(fixture, **overrides):
@@ -43,9 +36,21 @@ def cloned(state_dict):
     return {k: v.clone() for k, v in state_dict.items()}
 
 
+def save_modified_mlp_state_dict(path, modify):
+    """Save the "mlp" fixture's state dict, changed in place by ``modify(sd)``, to ``path``.
+
+    Returns the fixture (for :func:`empty_model`).
+    """
+    fixture = load_vit_fixture("mlp")
+    sd = cloned(fixture["state_dict"])
+    modify(sd)
+    torch.save(sd, path)
+    return fixture
+
+
 @pytest.mark.parametrize("wrapper", ["raw", "model", "teacher_backbone"])
 def test_meta_pth_formats(tmp_path, wrapper):
-    fixture = load_fixture("mlp")
+    fixture = load_vit_fixture("mlp")
     sd = cloned(fixture["state_dict"])
     if wrapper == "model":
         payload = {"model": sd, "iteration": torch.tensor(3)}
@@ -63,7 +68,7 @@ def test_meta_pth_formats(tmp_path, wrapper):
 
 
 def test_meta_safetensors(tmp_path):
-    fixture = load_fixture("swiglu")
+    fixture = load_vit_fixture("swiglu")
     path = tmp_path / "weights.safetensors"
     save_file(cloned(fixture["state_dict"]), str(path))
     model = empty_model(fixture)
@@ -73,7 +78,7 @@ def test_meta_safetensors(tmp_path):
 
 @pytest.mark.parametrize("name", ["mlp", "swiglu"])
 def test_hf_single_file_and_sharded_directory(tmp_path, name):
-    fixture = load_fixture(name)
+    fixture = load_vit_fixture(name)
     reference_model = empty_model(fixture)
     reference_model.load_state_dict(fixture["state_dict"])
     hf_sd = convert_to_hf_state_dict(fixture["state_dict"])
@@ -109,7 +114,7 @@ def test_hf_single_file_and_sharded_directory(tmp_path, name):
 @pytest.mark.parametrize("name", ["mlp", "swiglu"])
 def test_matches_transformers_dinov3(tmp_path, name):
     transformers = pytest.importorskip("transformers")
-    fixture = load_fixture(name)
+    fixture = load_vit_fixture(name)
     ours = empty_model(fixture)
     ours.load_state_dict(fixture["state_dict"])
     config = {k: v for k, v in hf_config_from_model(ours).items() if k not in ("model_type", "architectures")}
@@ -134,14 +139,14 @@ def test_matches_transformers_dinov3(tmp_path, name):
 
 
 def test_local_cls_norm_is_optional_both_ways(tmp_path):
-    swiglu = load_fixture("swiglu")  # has local_cls_norm
+    swiglu = load_vit_fixture("swiglu")  # has local_cls_norm
     path = tmp_path / "untied.pth"
     torch.save(swiglu["state_dict"], path)
     model = empty_model(swiglu, untie_global_and_local_cls_norm=False)
     load_dinov3_weights(model, path)
     assert_matches_reference(model, swiglu)
 
-    mlp = load_fixture("mlp")  # has no local_cls_norm
+    mlp = load_vit_fixture("mlp")  # has no local_cls_norm
     path = tmp_path / "tied.pth"
     torch.save(mlp["state_dict"], path)
     model = empty_model(mlp, untie_global_and_local_cls_norm=True)
@@ -150,38 +155,32 @@ def test_local_cls_norm_is_optional_both_ways(tmp_path):
 
 
 def test_missing_and_unexpected_keys_are_named(tmp_path):
-    fixture = load_fixture("mlp")
-    sd = cloned(fixture["state_dict"])
-    del sd["blocks.3.mlp.fc2.weight"]
-    sd["blocks.0.attn.extra.weight"] = torch.zeros(1)
+    def drop_and_add_keys(sd):
+        del sd["blocks.3.mlp.fc2.weight"]
+        sd["blocks.0.attn.extra.weight"] = torch.zeros(1)
+
     path = tmp_path / "broken.pth"
-    torch.save(sd, path)
+    fixture = save_modified_mlp_state_dict(path, drop_and_add_keys)
     with pytest.raises(ValueError, match=r"broken\.pth.*missing keys \(1\): blocks\.3\.mlp\.fc2\.weight.*unexpected"):
         load_dinov3_weights(empty_model(fixture), path)
 
 
 def test_meta_checkpoint_without_rope_periods_is_rejected(tmp_path):
-    fixture = load_fixture("mlp")
-    sd = cloned(fixture["state_dict"])
-    del sd["rope_embed.periods"]
     path = tmp_path / "no_periods.pth"
-    torch.save(sd, path)
+    fixture = save_modified_mlp_state_dict(path, lambda sd: sd.pop("rope_embed.periods"))
     with pytest.raises(ValueError, match=r"no_periods\.pth.*rope_embed\.periods"):
         load_dinov3_weights(empty_model(fixture), path)
 
 
 def test_nan_bias_mask_is_rejected(tmp_path):
-    fixture = load_fixture("mlp")
-    sd = cloned(fixture["state_dict"])
-    sd["blocks.2.attn.qkv.bias_mask"].fill_(float("nan"))
     path = tmp_path / "nan_mask.pth"
-    torch.save(sd, path)
+    fixture = save_modified_mlp_state_dict(path, lambda sd: sd["blocks.2.attn.qkv.bias_mask"].fill_(float("nan")))
     with pytest.raises(ValueError, match=r"nan_mask\.pth.*blocks\.2\.attn\.qkv\.bias_mask"):
         load_dinov3_weights(empty_model(fixture), path)
 
 
 def test_size_mismatch_names_both_sizes(tmp_path):
-    fixture = load_fixture("mlp")
+    fixture = load_vit_fixture("mlp")
     path = tmp_path / "vit_dim128.pth"
     torch.save(fixture["state_dict"], path)
     small = build_dinov3("vits16", embed_dim=64, depth=2, num_heads=2)
@@ -194,7 +193,7 @@ def test_size_mismatch_names_both_sizes(tmp_path):
 
 
 def test_wrong_format_and_truncated_files(tmp_path):
-    fixture = load_fixture("mlp")
+    fixture = load_vit_fixture("mlp")
     model = empty_model(fixture)
     text = tmp_path / "notes.pth"
     text.write_text("this is not a checkpoint")

@@ -1,5 +1,4 @@
 """DINOv3 ViT: parity with the official outputs, API semantics, frozen behaviour, presets."""
-import os
 
 import pytest
 import torch
@@ -14,14 +13,7 @@ from dinov3_m2f.modeling.dinov3 import (
     kwargs_from_official_config,
 )
 from dinov3_m2f.modeling.dinov3.layers import swiglu_hidden_features
-
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
-# Tolerance recommended by the fixture README (>= 15x the measured fp32 noise).
-PARITY_ATOL = 1e-4
-
-
-def load_fixture(name):
-    return torch.load(os.path.join(FIXTURES, f"dinov3_vit_{name}.pt"), weights_only=True)
+from helpers import PARITY_ATOL, load_vit_fixture
 
 
 def build_from_fixture(fixture, **overrides):
@@ -51,7 +43,7 @@ def max_abs_errors(model, fixture):
 
 @pytest.mark.parametrize("name", ["mlp", "swiglu"])
 def test_parity_with_official_outputs(name):
-    fixture = load_fixture(name)
+    fixture = load_vit_fixture(name)
     model = build_from_fixture(fixture)
     errors = max_abs_errors(model, fixture)
     worst = max(errors.values())
@@ -60,7 +52,7 @@ def test_parity_with_official_outputs(name):
 
 def test_parity_detects_a_wrong_bias_mask():
     # The k-bias mask changes outputs by ~0.07: ignoring it must break parity.
-    fixture = load_fixture("mlp")
+    fixture = load_vit_fixture("mlp")
     model = build_from_fixture(fixture)
     with torch.no_grad():
         for block in model.blocks:
@@ -70,7 +62,7 @@ def test_parity_detects_a_wrong_bias_mask():
 
 def test_state_dict_layout_matches_official():
     for name in ("mlp", "swiglu"):
-        fixture = load_fixture(name)
+        fixture = load_vit_fixture(name)
         model = build_dinov3(None, **kwargs_from_official_config(fixture["config"]))
         ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         theirs = {k: tuple(v.shape) for k, v in fixture["state_dict"].items()}
@@ -78,7 +70,7 @@ def test_state_dict_layout_matches_official():
 
 
 def test_buffers_initialised_like_official():
-    fixture = load_fixture("mlp")
+    fixture = load_vit_fixture("mlp")
     model = build_dinov3(None, **kwargs_from_official_config(fixture["config"]))
     for block in model.blocks:
         torch.testing.assert_close(block.attn.qkv.bias_mask, fixture["state_dict"]["blocks.0.attn.qkv.bias_mask"])
@@ -117,7 +109,7 @@ def test_normalization():
 
 
 def test_official_config_rejects_unsupported_settings():
-    config = dict(load_fixture("mlp")["config"], pos_embed_rope_normalize_coords="max")
+    config = dict(load_vit_fixture("mlp")["config"], pos_embed_rope_normalize_coords="max")
     with pytest.raises(ValueError, match="pos_embed_rope_normalize_coords"):
         kwargs_from_official_config(config)
 
@@ -213,7 +205,7 @@ def test_unfrozen_model_trains():
 
 
 def test_bf16_autocast_on_cpu():
-    fixture = load_fixture("mlp")
+    fixture = load_vit_fixture("mlp")
     reference = build_from_fixture(fixture).forward_features(fixture["image"])["x_norm_patchtokens"]
     model = build_from_fixture(fixture, autocast_dtype=torch.bfloat16)
     out = model.forward_features(fixture["image"])["x_norm_patchtokens"]

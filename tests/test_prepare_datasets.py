@@ -1,23 +1,14 @@
 """tools/prepare_ade20k.py and tools/prepare_cityscapes.py on tiny fake trees."""
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-TOOLS = Path(__file__).parent.parent / "tools"
+from helpers import load_tool
 
-
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-prepare_ade20k = _load_tool("prepare_ade20k")
-prepare_cityscapes = _load_tool("prepare_cityscapes")
+prepare_ade20k = load_tool("prepare_ade20k")
+prepare_cityscapes = load_tool("prepare_cityscapes")
 
 
 def _png(path: Path, array: np.ndarray) -> None:

@@ -27,7 +27,6 @@ import os
 import pickle
 import re
 import sys
-import tempfile
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -38,6 +37,7 @@ from dinov3_m2f.modeling.official_weights import (
     convert_official_head_state_dict,
     convert_official_segmentor_state_dict,
 )
+from dinov3_m2f.utils import atomic_torch_save
 
 logger = logging.getLogger("convert_weights")
 
@@ -139,19 +139,6 @@ def head_summary(head: StateDict) -> Dict[str, int]:
     }
 
 
-def _atomic_save(obj: Any, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=".tmp_", suffix=".pth", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-
-
 def convert(
     input_path: str, *, include_backbone: bool = False, class_merge_path: Optional[str] = None
 ) -> Tuple[StateDict, List[str]]:
@@ -220,7 +207,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.input, include_backbone=args.include_backbone, class_merge_path=args.class_merge
     )
     kind = "full" if args.include_backbone else "trainable"
-    _atomic_save({"model": state_dict, "checkpoint_kind": kind}, args.output)
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    atomic_torch_save({"model": state_dict, "checkpoint_kind": kind}, args.output)
     logger.info("Wrote %s checkpoint with %d keys to %s", kind, len(state_dict), args.output)
     print(f"Converted {args.input} -> {args.output}. Config fields to set:")
     for line in config:

@@ -14,13 +14,9 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 from typing import Optional, Sequence
 
-import numpy as np
-from PIL import Image
-
-from dinov3_m2f.data.io import apply_label_map
+from dinov3_m2f.data.io import convert_label_png
 
 logger = logging.getLogger("prepare_ade20k")
 
@@ -40,28 +36,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--root", default=default_root, help=f"ADEChallengeData2016 directory (default {default_root})")
     parser.add_argument("--overwrite", action="store_true", help="rewrite outputs that already exist")
     return parser.parse_args(argv)
-
-
-def write_label_png(labels: np.ndarray, path: str) -> None:
-    """Write an [H, W] label array (values 0..255) as a single-channel PNG, atomically."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp_path = tempfile.mkstemp(prefix=".tmp_", suffix=".png", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(labels.astype(np.uint8)).save(f, format="PNG")
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-
-
-def convert_file(src: str, dst: str) -> None:
-    """Convert one annotation: 0 -> 255, v -> v - 1."""
-    with Image.open(src) as img:
-        raw = np.asarray(img)
-    if raw.ndim != 2 or raw.dtype != np.uint8:
-        raise ValueError(f"annotation {src} must be a single-channel 8-bit PNG, got shape {raw.shape} {raw.dtype}")
-    write_label_png(apply_label_map(raw, ADE20K_LABEL_MAP, path=src), dst)
 
 
 def prepare(root: str, *, overwrite: bool = False) -> int:
@@ -90,7 +64,7 @@ def prepare(root: str, *, overwrite: bool = False) -> int:
             if os.path.exists(dst) and not overwrite:
                 skipped += 1
             else:
-                convert_file(os.path.join(src_dir, name), dst)
+                convert_label_png(os.path.join(src_dir, name), dst, label_map=ADE20K_LABEL_MAP)
                 written += 1
             if (i + 1) % PROGRESS_EVERY == 0:
                 logger.info("%s: %d/%d", split, i + 1, len(names))

@@ -14,13 +14,9 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 from typing import List, Optional, Sequence
 
-import numpy as np
-from PIL import Image
-
-from dinov3_m2f.data.io import apply_label_map
+from dinov3_m2f.data.io import convert_label_png
 
 logger = logging.getLogger("prepare_cityscapes")
 
@@ -82,28 +78,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def write_label_png(labels: np.ndarray, path: str) -> None:
-    """Write an [H, W] label array (values 0..255) as a single-channel PNG, atomically."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp_path = tempfile.mkstemp(prefix=".tmp_", suffix=".png", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(labels.astype(np.uint8)).save(f, format="PNG")
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-
-
-def convert_file(src: str, dst: str) -> None:
-    """Convert one ``*_labelIds.png`` to train ids; unknown ids are an error naming the file."""
-    with Image.open(src) as img:
-        raw = np.asarray(img)
-    if raw.ndim != 2:
-        raise ValueError(f"label file {src} must be single-channel, got shape {raw.shape}")
-    write_label_png(apply_label_map(raw, CITYSCAPES_ID_TO_TRAIN_ID, path=src), dst)
-
-
 def find_label_files(split_dir: str) -> List[str]:
     """All ``*_gtFine_labelIds.png`` under ``split_dir`` (recursively), sorted."""
     found = []
@@ -138,7 +112,7 @@ def prepare(root: str, *, splits: Sequence[str] = DEFAULT_SPLITS, overwrite: boo
             if os.path.exists(dst) and not overwrite:
                 skipped += 1
             else:
-                convert_file(src, dst)
+                convert_label_png(src, dst, label_map=CITYSCAPES_ID_TO_TRAIN_ID)
                 written += 1
             if (i + 1) % PROGRESS_EVERY == 0:
                 logger.info("%s: %d/%d", split, i + 1, len(sources))

@@ -24,8 +24,40 @@ struct MSDeformAttnSizes {
   int64_t num_points;  // P
 };
 
-// Checks ranks, dtypes, devices and consistent sizes; each message names the argument.
-inline MSDeformAttnSizes check_ms_deform_attn_inputs(
+// Raw pointers to the five inputs, handed to the kernels.
+template <typename scalar_t>
+struct MSDeformAttnPointers {
+  const scalar_t* value;     // [B, S, M, C]
+  const int64_t* shapes;     // [L, 2]
+  const int64_t* starts;     // [L]
+  const scalar_t* locations; // [B, Q, M, L, P, 2]
+  const scalar_t* weights;   // [B, Q, M, L, P]
+};
+
+// The five inputs of one call, checked and made contiguous, with their sizes.
+struct MSDeformAttnInputs {
+  at::Tensor value;
+  at::Tensor spatial_shapes;
+  at::Tensor level_start_index;
+  at::Tensor sampling_locations;
+  at::Tensor attention_weights;
+  MSDeformAttnSizes sizes;
+
+  template <typename scalar_t>
+  MSDeformAttnPointers<scalar_t> pointers() const {
+    return MSDeformAttnPointers<scalar_t>{
+        value.data_ptr<scalar_t>(),
+        spatial_shapes.data_ptr<int64_t>(),
+        level_start_index.data_ptr<int64_t>(),
+        sampling_locations.data_ptr<scalar_t>(),
+        attention_weights.data_ptr<scalar_t>()};
+  }
+};
+
+// Checks ranks, dtypes, devices and consistent sizes (each message names the argument) and returns
+// contiguous copies of the inputs with their sizes. The level check is separate
+// (check_ms_deform_attn_levels): it syncs with the device.
+inline MSDeformAttnInputs check_ms_deform_attn_inputs(
     const at::Tensor& value,
     const at::Tensor& spatial_shapes,
     const at::Tensor& level_start_index,
@@ -97,7 +129,13 @@ inline MSDeformAttnSizes check_ms_deform_attn_inputs(
       attention_weights.sizes() == sampling_locations.sizes().slice(0, 5),
       "ms_deform_attn: attention_weights must be ", sampling_locations.sizes().slice(0, 5),
       " (sampling_locations without the last dim), got ", attention_weights.sizes());
-  return sizes;
+  return MSDeformAttnInputs{
+      value.contiguous(),
+      spatial_shapes.contiguous(),
+      level_start_index.contiguous(),
+      sampling_locations.contiguous(),
+      attention_weights.contiguous(),
+      sizes};
 }
 
 // Checks sum(H * W) == S and level_start_index == exclusive cumsum of H * W. Reads the two small
@@ -155,6 +193,11 @@ struct BilinearPoint {
   T fx;   // fractional position inside the cell
   T fy;
   bool left, right, top, bottom; // which corner columns / rows are inside the level
+
+  // Corner k = 2 * row + column (0: top-left, 1: top-right, 2: bottom-left, 3: bottom-right).
+  C10_HOST_DEVICE bool corner_inside(int k) const {
+    return (k / 2 == 0 ? top : bottom) && (k % 2 == 0 ? left : right);
+  }
 };
 
 // Returns false when no corner of the point is inside the level (the point contributes zero).
@@ -180,14 +223,54 @@ C10_HOST_DEVICE inline bool bilinear_point(T loc_x, T loc_y, int height, int wid
   return true;
 }
 
-at::Tensor ms_deform_attn_forward_cpu(
+// Geometry of point `point` of a flat [..., 2] (x, y) locations array; see bilinear_point.
+template <typename T, typename scalar_t>
+C10_HOST_DEVICE inline bool sampling_point(
+    const scalar_t* locations, int64_t point, int height, int width, BilinearPoint<T>& pt) {
+  return bilinear_point<T>(
+      static_cast<T>(locations[2 * point]), static_cast<T>(locations[2 * point + 1]), height, width, pt);
+}
+
+// Bilinear weights of the four corners: top-left, top-right, bottom-left, bottom-right.
+template <typename T>
+struct CornerWeights {
+  T w00, w01, w10, w11;
+};
+
+template <typename T>
+C10_HOST_DEVICE inline CornerWeights<T> corner_weights(const BilinearPoint<T>& pt) {
+  const T fx = pt.fx, fy = pt.fy;
+  return CornerWeights<T>{(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx};
+}
+
+// Adds one channel (output gradient g, corner values v00..v11) to the gradients of the point's
+// attention weight (grad_a) and of its pixel position (grad_x, grad_y).
+template <typename T>
+C10_HOST_DEVICE inline void accumulate_point_grads(
+    const BilinearPoint<T>& pt,
+    const CornerWeights<T>& w,
+    T g,
+    T v00,
+    T v01,
+    T v10,
+    T v11,
+    T& grad_a,
+    T& grad_x,
+    T& grad_y) {
+  const T fx = pt.fx, fy = pt.fy;
+  grad_a += g * (w.w00 * v00 + w.w01 * v01 + w.w10 * v10 + w.w11 * v11);
+  grad_x += g * ((1 - fy) * (v01 - v00) + fy * (v11 - v10));
+  grad_y += g * ((1 - fx) * (v10 - v00) + fx * (v11 - v01));
+}
+
+// Signatures of the device implementations (the schemas are in ops/register.cpp).
+using MSDeformAttnForwardFn = at::Tensor(
     const at::Tensor& value,
     const at::Tensor& spatial_shapes,
     const at::Tensor& level_start_index,
     const at::Tensor& sampling_locations,
     const at::Tensor& attention_weights);
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
+using MSDeformAttnBackwardFn = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor& value,
     const at::Tensor& spatial_shapes,
     const at::Tensor& level_start_index,
@@ -195,21 +278,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
     const at::Tensor& attention_weights,
     const at::Tensor& grad_output);
 
+MSDeformAttnForwardFn ms_deform_attn_forward_cpu;
+MSDeformAttnBackwardFn ms_deform_attn_backward_cpu;
 #if defined(WITH_CUDA)
-at::Tensor ms_deform_attn_forward_cuda(
-    const at::Tensor& value,
-    const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights);
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
-    const at::Tensor& value,
-    const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights,
-    const at::Tensor& grad_output);
+MSDeformAttnForwardFn ms_deform_attn_forward_cuda;
+MSDeformAttnBackwardFn ms_deform_attn_backward_cuda;
 #endif
 
 } // namespace dinov3_m2f

@@ -99,12 +99,7 @@ __global__ void forward_kernel(
       for (int p = 0; p < sz.num_points; ++p) {
         const int64_t point = point_base + l * sz.num_points + p;
         BilinearPoint<acc_t> pt;
-        if (!bilinear_point<acc_t>(
-                static_cast<acc_t>(locations[2 * point]),
-                static_cast<acc_t>(locations[2 * point + 1]),
-                height,
-                width,
-                pt)) {
+        if (!sampling_point<acc_t>(locations, point, height, width, pt)) {
           continue;
         }
         const scalar_t* v00 =
@@ -155,18 +150,10 @@ __global__ void backward_kernel(
       acc_t grad_y = 0;
       acc_t a = 0;
       BilinearPoint<acc_t> pt;
-      const bool inside = active &&
-          bilinear_point<acc_t>(
-              static_cast<acc_t>(locations[2 * point]),
-              static_cast<acc_t>(locations[2 * point + 1]),
-              height,
-              width,
-              pt);
+      const bool inside = active && sampling_point<acc_t>(locations, point, height, width, pt);
       if (inside) {
         a = static_cast<acc_t>(weights[point]);
-        const acc_t fx = pt.fx, fy = pt.fy;
-        const acc_t w00 = (1 - fy) * (1 - fx), w01 = (1 - fy) * fx;
-        const acc_t w10 = fy * (1 - fx), w11 = fy * fx;
+        const CornerWeights<acc_t> w = corner_weights(pt);
         const bool in00 = pt.top && pt.left, in01 = pt.top && pt.right;
         const bool in10 = pt.bottom && pt.left, in11 = pt.bottom && pt.right;
         const int64_t off00 =
@@ -180,21 +167,19 @@ __global__ void backward_kernel(
           const acc_t v01 = load_or_zero<scalar_t, acc_t>(value + off01 + c, in01);
           const acc_t v10 = load_or_zero<scalar_t, acc_t>(value + off10 + c, in10);
           const acc_t v11 = load_or_zero<scalar_t, acc_t>(value + off11 + c, in11);
-          grad_a += g * (w00 * v00 + w01 * v01 + w10 * v10 + w11 * v11);
-          grad_x += g * ((1 - fy) * (v01 - v00) + fy * (v11 - v10));
-          grad_y += g * ((1 - fx) * (v10 - v00) + fx * (v11 - v01));
+          accumulate_point_grads<acc_t>(pt, w, g, v00, v01, v10, v11, grad_a, grad_x, grad_y);
           const acc_t ag = a * g;
           if (in00) {
-            atomicAdd(grad_value + off00 + c, ag * w00);
+            atomicAdd(grad_value + off00 + c, ag * w.w00);
           }
           if (in01) {
-            atomicAdd(grad_value + off01 + c, ag * w01);
+            atomicAdd(grad_value + off01 + c, ag * w.w01);
           }
           if (in10) {
-            atomicAdd(grad_value + off10 + c, ag * w10);
+            atomicAdd(grad_value + off10 + c, ag * w.w10);
           }
           if (in11) {
-            atomicAdd(grad_value + off11 + c, ag * w11);
+            atomicAdd(grad_value + off11 + c, ag * w.w11);
           }
         }
       }
@@ -232,16 +217,12 @@ at::Tensor ms_deform_attn_forward_cuda(
     const at::Tensor& level_start_index,
     const at::Tensor& sampling_locations,
     const at::Tensor& attention_weights) {
-  const MSDeformAttnSizes sz = check_ms_deform_attn_inputs(
+  const MSDeformAttnInputs in = check_ms_deform_attn_inputs(
       value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+  const MSDeformAttnSizes& sz = in.sizes;
   TORCH_CHECK(value.is_cuda(), "ms_deform_attn: value must be a CUDA tensor, got ", value.device());
   const c10::cuda::CUDAGuard device_guard(value.device());
   check_levels_unless_capturing(spatial_shapes, level_start_index, sz.num_values);
-  const at::Tensor value_c = value.contiguous();
-  const at::Tensor shapes_c = spatial_shapes.contiguous();
-  const at::Tensor starts_c = level_start_index.contiguous();
-  const at::Tensor locations_c = sampling_locations.contiguous();
-  const at::Tensor weights_c = attention_weights.contiguous();
   at::Tensor output =
       at::empty({sz.batch, sz.num_queries, sz.num_heads * sz.channels}, value.options());
   if (output.numel() == 0) {
@@ -253,14 +234,9 @@ at::Tensor ms_deform_attn_forward_cuda(
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_forward_cuda", [&] {
         using acc_t = at::opmath_type<scalar_t>;
+        const auto p = in.pointers<scalar_t>();
         forward_kernel<scalar_t, acc_t><<<blocks, kThreadsPerBlock, 0, stream>>>(
-            value_c.data_ptr<scalar_t>(),
-            shapes_c.data_ptr<int64_t>(),
-            starts_c.data_ptr<int64_t>(),
-            locations_c.data_ptr<scalar_t>(),
-            weights_c.data_ptr<scalar_t>(),
-            output.data_ptr<scalar_t>(),
-            ksz);
+            p.value, p.shapes, p.starts, p.locations, p.weights, output.data_ptr<scalar_t>(), ksz);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
   return output;
@@ -273,23 +249,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
     const at::Tensor& sampling_locations,
     const at::Tensor& attention_weights,
     const at::Tensor& grad_output) {
-  const MSDeformAttnSizes sz = check_ms_deform_attn_inputs(
+  const MSDeformAttnInputs in = check_ms_deform_attn_inputs(
       value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+  const MSDeformAttnSizes& sz = in.sizes;
   check_ms_deform_attn_grad_output(grad_output, value, sz);
   TORCH_CHECK(value.is_cuda(), "ms_deform_attn: value must be a CUDA tensor, got ", value.device());
   const c10::cuda::CUDAGuard device_guard(value.device());
   check_levels_unless_capturing(spatial_shapes, level_start_index, sz.num_values);
-  const at::Tensor value_c = value.contiguous();
-  const at::Tensor shapes_c = spatial_shapes.contiguous();
-  const at::Tensor starts_c = level_start_index.contiguous();
-  const at::Tensor locations_c = sampling_locations.contiguous();
-  const at::Tensor weights_c = attention_weights.contiguous();
   const at::Tensor grad_output_c = grad_output.contiguous();
   // atomics accumulate in opmath precision (float for half types), cast back at the end
   const at::ScalarType acc_dtype = at::toOpMathType(value.scalar_type());
-  at::Tensor grad_value_acc = at::zeros(value_c.sizes(), value_c.options().dtype(acc_dtype));
-  at::Tensor grad_locations = at::empty_like(locations_c);
-  at::Tensor grad_weights = at::empty_like(weights_c);
+  at::Tensor grad_value_acc = at::zeros(in.value.sizes(), in.value.options().dtype(acc_dtype));
+  at::Tensor grad_locations = at::empty_like(in.sampling_locations);
+  at::Tensor grad_weights = at::empty_like(in.attention_weights);
   const KernelSizes ksz = kernel_sizes(sz);
   if (ksz.num_groups > 0) {
     const int64_t blocks = num_blocks_for(ksz.num_groups, ksz.group_size);
@@ -297,12 +269,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_backward_cuda", [&] {
           using acc_t = at::opmath_type<scalar_t>;
+          const auto p = in.pointers<scalar_t>();
           backward_kernel<scalar_t, acc_t><<<blocks, kThreadsPerBlock, 0, stream>>>(
-              value_c.data_ptr<scalar_t>(),
-              shapes_c.data_ptr<int64_t>(),
-              starts_c.data_ptr<int64_t>(),
-              locations_c.data_ptr<scalar_t>(),
-              weights_c.data_ptr<scalar_t>(),
+              p.value,
+              p.shapes,
+              p.starts,
+              p.locations,
+              p.weights,
               grad_output_c.data_ptr<scalar_t>(),
               grad_value_acc.data_ptr<acc_t>(),
               grad_locations.data_ptr<scalar_t>(),

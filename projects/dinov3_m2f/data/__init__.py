@@ -4,7 +4,9 @@ from .io import (
     apply_label_map,
     check_label_values,
     check_same_size,
+    convert_label_png,
     read_label_mask,
+    write_label_png,
 )
 from .synthetic import (
     IGNORE_VALUE,

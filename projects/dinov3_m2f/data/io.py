@@ -14,12 +14,16 @@ from typing import Mapping, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from ..utils import atomic_open
+
 __all__ = [
     "MASK_FORMAT_HINT",
     "apply_label_map",
     "check_label_values",
     "check_same_size",
+    "convert_label_png",
     "read_label_mask",
+    "write_label_png",
 ]
 
 MASK_FORMAT_HINT = (
@@ -148,3 +152,26 @@ def read_label_mask(
     if num_classes is not None:
         check_label_values(labels, num_classes=num_classes, ignore_value=ignore_value, path=path)
     return labels
+
+
+def write_label_png(labels: np.ndarray, path: str) -> None:
+    """Write an [H, W] label array (values 0..255) as a single-channel 8-bit PNG, atomically.
+
+    Args:
+        labels: integer array [H, W] with values in 0..255.
+        path: destination file; its folder must exist.
+    """
+    with atomic_open(path, "wb", suffix=".png") as f:
+        Image.fromarray(labels.astype(np.uint8)).save(f, format="PNG")
+
+
+def convert_label_png(src: str, dst: str, *, label_map: Mapping[int, int]) -> None:
+    """Read the label mask ``src``, map its raw values and write the result to ``dst``.
+
+    Args:
+        src: single-channel label PNG with raw values.
+        dst: destination PNG (written atomically).
+        label_map: raw value -> class id (or the ignore value); every raw value in ``src`` must
+            be a key, otherwise a ValueError names the file.
+    """
+    write_label_png(read_label_mask(src, label_map=label_map), dst)

@@ -1,6 +1,6 @@
 """Mask2Former transformer decoder: learnable queries with masked cross-attention over 3 scales."""
 import logging
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -58,7 +58,50 @@ def _multihead_attention(
     return attn.out_proj(out)
 
 
-class SelfAttentionLayer(nn.Module):
+class _ResidualLayer(nn.Module):
+    """Base of the decoder layers: ``tgt + dropout(branch(x))`` with a LayerNorm ``self.norm``.
+
+    Post-norm normalizes the residual sum; pre-norm normalizes the branch input ``x`` instead.
+    Subclasses register their modules (among them ``norm`` and ``dropout``), set ``pre_norm`` and
+    call :meth:`_xavier_init`.
+    """
+
+    norm: nn.LayerNorm
+    dropout: nn.Dropout
+    pre_norm: bool
+
+    def _xavier_init(self) -> None:
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+
+    def _residual(self, tgt: torch.Tensor, branch: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        x = self.norm(tgt) if self.pre_norm else tgt
+        tgt = tgt + self.dropout(branch(x))
+        return tgt if self.pre_norm else self.norm(tgt)
+
+
+class _AttentionLayer(_ResidualLayer):
+    """A residual ``nn.MultiheadAttention`` registered as ``attn_name`` (the official key name).
+
+    Args:
+        attn_name: attribute name of the attention module.
+        d_model: channels.
+        nhead: heads.
+        dropout: attention and residual dropout.
+        pre_norm: normalize before the attention instead of after the residual sum.
+    """
+
+    def __init__(self, attn_name: str, d_model: int, nhead: int, *, dropout: float, pre_norm: bool):
+        super().__init__()
+        self.add_module(attn_name, nn.MultiheadAttention(d_model, nhead, dropout=dropout))
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.pre_norm = pre_norm
+        self._xavier_init()
+
+
+class SelfAttentionLayer(_AttentionLayer):
     """Query self-attention with residual and LayerNorm (post-norm or pre-norm).
 
     Args:
@@ -68,15 +111,10 @@ class SelfAttentionLayer(nn.Module):
         pre_norm: normalize before the attention instead of after the residual sum.
     """
 
+    self_attn: nn.MultiheadAttention
+
     def __init__(self, d_model: int, nhead: int, *, dropout: float = 0.0, pre_norm: bool = False):
-        super().__init__()
-        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
-        self.norm = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
-        self.pre_norm = pre_norm
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
+        super().__init__("self_attn", d_model, nhead, dropout=dropout, pre_norm=pre_norm)
 
     def forward(self, tgt: torch.Tensor, query_pos: torch.Tensor) -> torch.Tensor:
         """
@@ -87,13 +125,15 @@ class SelfAttentionLayer(nn.Module):
         Returns:
             Tensor [B, Q, C].
         """
-        x = self.norm(tgt) if self.pre_norm else tgt
-        q = x + query_pos
-        tgt = tgt + self.dropout(_multihead_attention(self.self_attn, q, q, x))
-        return tgt if self.pre_norm else self.norm(tgt)
+
+        def attend(x: torch.Tensor) -> torch.Tensor:
+            q = x + query_pos
+            return _multihead_attention(self.self_attn, q, q, x)
+
+        return self._residual(tgt, attend)
 
 
-class CrossAttentionLayer(nn.Module):
+class CrossAttentionLayer(_AttentionLayer):
     """Queries attend to one level of pixel features, with an optional attention mask.
 
     Args:
@@ -103,15 +143,10 @@ class CrossAttentionLayer(nn.Module):
         pre_norm: normalize before the attention instead of after the residual sum.
     """
 
+    multihead_attn: nn.MultiheadAttention
+
     def __init__(self, d_model: int, nhead: int, *, dropout: float = 0.0, pre_norm: bool = False):
-        super().__init__()
-        self.multihead_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
-        self.norm = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
-        self.pre_norm = pre_norm
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
+        super().__init__("multihead_attn", d_model, nhead, dropout=dropout, pre_norm=pre_norm)
 
     def forward(
         self,
@@ -133,13 +168,13 @@ class CrossAttentionLayer(nn.Module):
         Returns:
             Tensor [B, Q, C].
         """
-        x = self.norm(tgt) if self.pre_norm else tgt
-        attn = _multihead_attention(self.multihead_attn, x + query_pos, memory + pos, memory, attend_mask)
-        tgt = tgt + self.dropout(attn)
-        return tgt if self.pre_norm else self.norm(tgt)
+        return self._residual(
+            tgt,
+            lambda x: _multihead_attention(self.multihead_attn, x + query_pos, memory + pos, memory, attend_mask),
+        )
 
 
-class FFNLayer(nn.Module):
+class FFNLayer(_ResidualLayer):
     """Two-layer ReLU feed-forward block with residual and LayerNorm (post-norm or pre-norm).
 
     Args:
@@ -156,14 +191,17 @@ class FFNLayer(nn.Module):
         self.linear2 = nn.Linear(dim_feedforward, d_model)
         self.norm = nn.LayerNorm(d_model)
         self.pre_norm = pre_norm
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
+        self._xavier_init()
 
     def forward(self, tgt: torch.Tensor) -> torch.Tensor:
-        x = self.norm(tgt) if self.pre_norm else tgt
-        tgt = tgt + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(x)))))
-        return tgt if self.pre_norm else self.norm(tgt)
+        """
+        Args:
+            tgt: queries [B, Q, C].
+
+        Returns:
+            Tensor [B, Q, C].
+        """
+        return self._residual(tgt, lambda x: self.linear2(self.dropout(F.relu(self.linear1(x)))))
 
 
 class MultiScaleMaskedTransformerDecoder(nn.Module):

@@ -1,0 +1,49 @@
+"""Small file helpers shared by the library and the command-line tools (no detectron2)."""
+import contextlib
+import os
+import tempfile
+from typing import IO, Any, Iterator
+
+import torch
+
+__all__ = ["atomic_open", "atomic_torch_save"]
+
+
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "wb", *, suffix: str = "") -> Iterator[IO]:
+    """Open a temporary file next to ``path``; on success rename it over ``path``.
+
+    Readers never see a half-written ``path``: the temporary file (in the same folder, so the
+    rename is atomic) replaces it only after the ``with`` block finishes without an exception, and
+    is removed otherwise. The folder must exist.
+
+    Args:
+        path: final file.
+        mode: ``"wb"`` or ``"w"``.
+        suffix: suffix of the temporary file name.
+
+    Yields:
+        The open temporary file.
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp_path = tempfile.mkstemp(prefix=".tmp_", suffix=suffix, dir=folder)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+        os.replace(tmp_path, path)
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """``torch.save(obj, path)`` through :func:`atomic_open`.
+
+    Args:
+        obj: object to save.
+        path: destination file; its folder must exist.
+    """
+    with atomic_open(path, "wb", suffix=".pth") as f:
+        torch.save(obj, f)

@@ -1,0 +1,24 @@
+"""Fixture and tool loading shared by the test modules (imported as ``helpers``; pytest puts tests/ on sys.path)."""
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+TOOLS = Path(__file__).parent.parent / "tools"
+# Tolerance recommended by the fixture README (>= 15x the measured fp32 noise).
+PARITY_ATOL = 1e-4
+
+
+def load_vit_fixture(name):
+    """The official DINOv3 ViT reference ``tests/fixtures/dinov3_vit_<name>.pt`` (config, state_dict, outputs)."""
+    return torch.load(os.path.join(FIXTURES, f"dinov3_vit_{name}.pt"), weights_only=True)
+
+
+def load_tool(name):
+    """Import ``tools/<name>.py`` as a module (the tools are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
