@@ -1,0 +1,61 @@
+# Frozen DINOv3 ViT-L/16 + ViT-Adapter + Mask2Former (original ADE20K head sizes), semantic
+# segmentation. Leaf configs set num_classes, the preset/weights and head sizes.
+from detectron2.config import LazyCall as L
+
+from dinov3_m2f.d2 import D2DINOv3Backbone, DINOv3Mask2Former, dinov3_pyramid_shape
+from dinov3_m2f.modeling.criterion import SetCriterion, make_weight_dict
+from dinov3_m2f.modeling.mask2former_head import Mask2FormerHead
+from dinov3_m2f.modeling.matcher import HungarianMatcher
+
+model = L(DINOv3Mask2Former)(
+    backbone=L(D2DINOv3Backbone)(
+        preset="vitl16",
+        # Local DINOv3 weights file (.pth / .safetensors / HF folder); None = random init.
+        weights=None,
+        init_seed=None,
+        # "auto": SyncBN when several processes train, else BN.
+        norm="auto",
+        adapter_kwargs=dict(
+            conv_inplane=64,
+            n_points=4,
+            deform_num_heads=16,
+            drop_path_rate=0.3,
+            cffn_ratio=0.25,
+            deform_ratio=0.5,
+        ),
+    ),
+    sem_seg_head=L(Mask2FormerHead)(
+        # Channels = ViT embed_dim (1024 for ViT-L).
+        input_shape=L(dinov3_pyramid_shape)(channels=1024),
+        num_classes="${..num_classes}",
+        hidden_dim=256,
+        num_queries=100,
+        nheads=8,
+        enc_dim_feedforward=1024,
+        dec_dim_feedforward=2048,
+        enc_layers=6,
+        dec_layers=9,
+        norm="GN",
+    ),
+    criterion=L(SetCriterion)(
+        num_classes="${..num_classes}",
+        matcher=L(HungarianMatcher)(
+            cost_class=2.0, cost_mask=5.0, cost_dice=5.0, num_points="${..num_points}"
+        ),
+        # Deep supervision: one auxiliary output per decoder layer.
+        weight_dict=L(make_weight_dict)(
+            num_aux_layers="${...sem_seg_head.dec_layers}",
+            class_weight=2.0,
+            mask_weight=5.0,
+            dice_weight=5.0,
+        ),
+        eos_coef=0.1,
+        num_points=12544,
+        oversample_ratio=3.0,
+        importance_sample_ratio=0.75,
+    ),
+    num_classes=150,
+    normalization="lvd1689m",
+    ignore_value=255,
+    test_mode="whole",
+)

@@ -1,0 +1,24 @@
+# Training settings read by tools/train_net.py (see its docstring). Leaf configs copy this dict
+# and override fields: `train = get_config("common/train.py").train`.
+train = dict(
+    output_dir="./output",
+    # Trainable-only or full checkpoint to start from (or to evaluate with --eval-only).
+    init_checkpoint="",
+    max_iter=160000,
+    # "cuda", "cpu" or "auto" (CUDA when available).
+    device="cuda",
+    # Autocast; dtype "bfloat16" (no loss scaling) or "float16" (with a GradScaler).
+    amp=dict(enabled=True, dtype="bfloat16"),
+    # Global gradient-norm clipping over all trainable parameters (Mask2Former: full-model 0.01).
+    clip_grad=dict(enabled=True, max_norm=0.01, norm_type=2.0),
+    ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
+    # PeriodicCheckpointer arguments.
+    checkpointer=dict(period=5000, max_to_keep=3),
+    # False: checkpoints hold trainable weights + optimizer/scheduler state; the frozen backbone is
+    # rebuilt from model.backbone.weights. True: store the frozen backbone too.
+    full_checkpoint=False,
+    eval_period=5000,
+    log_period=20,
+    seed=42,
+    cudnn_benchmark=False,
+)

@@ -1,0 +1,156 @@
+"""Checkpointing that leaves the frozen backbone out and never unpickles arbitrary objects.
+
+A frozen DINOv3 ViT (up to 7B parameters) is rebuilt from its own weights file (or from a seeded
+random init), so by default checkpoints hold only the trainable modules plus the
+optimizer/scheduler/trainer state. ``full=True`` stores everything. Loading accepts either kind.
+"""
+import logging
+import os
+from typing import Any, Dict, List, Set
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from torch import nn
+
+from dinov3_m2f.utils import atomic_open, atomic_torch_save
+
+logger = logging.getLogger(__name__)
+
+# Extensions that may only be read with pickle (arbitrary code execution); refused.
+PICKLE_EXTENSIONS = (".pkl", ".pickle")
+SAFETENSORS_EXTENSION = ".safetensors"
+
+
+def frozen_state_prefixes(model: nn.Module) -> List[str]:
+    """Prefixes (with trailing dot) of the largest submodules whose parameters are all frozen.
+
+    Every state-dict key (parameter or buffer) under such a prefix belongs to the frozen part of
+    the model, e.g. ``["backbone.adapter.backbone."]`` for the DINOv3 ViT inside the adapter.
+
+    Args:
+        model: the (unwrapped) model.
+
+    Returns:
+        Sorted list of prefixes; empty when nothing is frozen.
+    """
+    prefixes: List[str] = []
+    for name, module in model.named_modules():
+        if not name or any(name.startswith(p) for p in prefixes):
+            continue
+        params = list(module.parameters())
+        if params and not any(p.requires_grad for p in params):
+            prefixes.append(name + ".")
+    return sorted(prefixes)
+
+
+class TrainableCheckpointer(DetectionCheckpointer):
+    """A :class:`DetectionCheckpointer` for models with a frozen backbone.
+
+    Differences from the parent:
+
+    * ``save`` stores only the state of trainable submodules unless ``full=True``; the file
+      records ``"checkpoint_kind"`` (``"trainable"`` or ``"full"``).
+    * files are written atomically (temporary file + rename), also ``last_checkpoint``.
+    * ``.pkl`` files are refused; ``.safetensors`` files are read with safetensors; everything
+      else with ``torch.load(weights_only=True)``.
+    * keys of the frozen part missing from a trainable-only checkpoint are expected and not
+      reported; missing trainable keys are.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        save_dir: str = "",
+        *,
+        full: bool = False,
+        strict: bool = False,
+        **kwargs,
+    ):
+        """
+        Args:
+            model: the model (possibly DDP-wrapped).
+            save_dir: folder for checkpoints.
+            full: store the frozen backbone too.
+            strict: raise when a loaded checkpoint lacks trainable keys, has unknown keys or
+                shapes that differ (set it when resuming or evaluating; leave it off to
+                initialize from a partial checkpoint).
+            kwargs: checkpointables and ``save_to_disk``, as for DetectionCheckpointer.
+        """
+        super().__init__(model, save_dir, **kwargs)
+        self.full = full
+        self.strict = strict
+
+    def _frozen_keys(self) -> Set[str]:
+        prefixes = tuple(frozen_state_prefixes(self.model))
+        if not prefixes:
+            return set()
+        return {k for k in self.model.state_dict() if k.startswith(prefixes)}
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        """Save ``{save_dir}/{name}.pth`` atomically.
+
+        Args:
+            name: file name without extension.
+            kwargs: extra data stored in the file (e.g. ``iteration``).
+        """
+        if not self.save_dir or not self.save_to_disk:
+            return
+        state = self.model.state_dict()
+        if not self.full:
+            frozen = self._frozen_keys()
+            state = {k: v for k, v in state.items() if k not in frozen}
+        data: Dict[str, Any] = {
+            "model": state,
+            "checkpoint_kind": "full" if self.full else "trainable",
+        }
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        logger.info("Saving %s checkpoint to %s", data["checkpoint_kind"], save_file)
+        atomic_torch_save(data, save_file)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        """Atomically record ``last_filename_basename`` as the newest checkpoint."""
+        with atomic_open(os.path.join(self.save_dir, "last_checkpoint"), "w") as f:
+            f.write(last_filename_basename)
+
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        if filename.endswith(PICKLE_EXTENSIONS):
+            raise ValueError(
+                f"Refusing to load pickle checkpoint {filename}: unpickling can execute arbitrary "
+                "code. Convert it to .pth (tensors only) or .safetensors."
+            )
+        if filename.endswith(SAFETENSORS_EXTENSION):
+            from safetensors.torch import load_file
+
+            loaded: Dict[str, Any] = {"model": load_file(filename, device="cpu")}
+        else:
+            loaded = torch.load(filename, map_location="cpu", weights_only=True)
+            if not isinstance(loaded, dict):
+                raise ValueError(f"Checkpoint {filename} does not hold a dict")
+            if "model" not in loaded:
+                loaded = {"model": loaded}
+        if self._parsed_url_during_load.query:
+            raise ValueError(
+                f"Checkpoint {filename}: URL queries are not supported "
+                f"(got '?{self._parsed_url_during_load.query}')"
+            )
+        return loaded
+
+    def _load_model(self, checkpoint: Dict[str, Any]):
+        kind = checkpoint.pop("checkpoint_kind", "full")
+        incompatible = super()._load_model(checkpoint)
+        if kind == "trainable":
+            frozen = self._frozen_keys()
+            incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if k not in frozen]
+        if self.strict and any(incompatible):
+            raise RuntimeError(
+                "Checkpoint does not match the model: "
+                f"missing={incompatible.missing_keys[:10]}, "
+                f"unexpected={incompatible.unexpected_keys[:10]}, "
+                f"wrong shapes={incompatible.incorrect_shapes[:10]}"
+            )
+        return incompatible

@@ -1,0 +1,107 @@
+"""Every LazyConfig under configs/ loads; every leaf config instantiates (with a tiny backbone
+and head instead of the real sizes), is consistent with its data, and saves as plain YAML."""
+import glob
+import os
+
+import pytest
+
+pytest.importorskip("detectron2")
+
+import torch  # noqa: E402
+from detectron2.config import LazyConfig, instantiate  # noqa: E402
+from detectron2.data import MetadataCatalog  # noqa: E402
+from detectron2.solver import LRMultiplier  # noqa: E402
+from fvcore.common.param_scheduler import ParamScheduler  # noqa: E402
+
+from dinov3_m2f.d2 import DINOv3Mask2Former  # noqa: E402
+from dinov3_m2f.d2.datasets import register_all  # noqa: E402
+from dinov3_m2f.modeling.dinov3 import DINOV3_PRESETS  # noqa: E402
+
+CONFIG_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+ALL_CONFIGS = sorted(glob.glob(os.path.join(CONFIG_ROOT, "**", "*.py"), recursive=True))
+LEAF_CONFIGS = [p for p in ALL_CONFIGS if os.sep + "common" + os.sep not in p]
+TINY_DIM = 32
+
+
+def _name(path: str) -> str:
+    return os.path.relpath(path, CONFIG_ROOT)
+
+
+def _make_tiny(model_cfg) -> None:
+    """Replace the backbone and head sizes with tiny ones (no weights file needed)."""
+    backbone = model_cfg.backbone
+    backbone.preset = None
+    backbone.weights = None
+    backbone.init_seed = 0
+    backbone.vit_kwargs = dict(embed_dim=TINY_DIM, depth=4, num_heads=2, patch_size=16)
+    backbone.interaction_indexes = [0, 1, 2, 3]
+    backbone.adapter_kwargs.conv_inplane = 8
+    backbone.adapter_kwargs.deform_num_heads = 2
+    head = model_cfg.sem_seg_head
+    head.input_shape.channels = TINY_DIM
+    head.hidden_dim = TINY_DIM
+    head.nheads = 2
+    head.num_queries = 4
+    head.enc_dim_feedforward = TINY_DIM
+    head.dec_dim_feedforward = TINY_DIM
+    head.enc_layers = 1
+    head.dec_layers = 1
+
+
+def test_configs_found():
+    assert any(p.endswith("synthetic/m2f_tiny_synthetic.py") for p in LEAF_CONFIGS)
+    assert len(LEAF_CONFIGS) >= 6
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=_name)
+def test_every_config_loads(path):
+    cfg = LazyConfig.load(path)
+    assert len(cfg) > 0
+
+
+@pytest.mark.parametrize("path", LEAF_CONFIGS, ids=_name)
+def test_leaf_config_is_consistent(path):
+    cfg = LazyConfig.load(path)
+    for key in ("model", "dataloader", "optimizer", "lr_multiplier", "train"):
+        assert key in cfg, f"{_name(path)} has no '{key}'"
+    model_cfg = cfg.model
+    num_classes = model_cfg.num_classes
+    assert num_classes == cfg.dataloader.train.mapper.num_classes
+    assert model_cfg.criterion.num_classes == num_classes
+    assert model_cfg.sem_seg_head.num_classes == num_classes
+    register_all()
+    classes = MetadataCatalog.get(cfg.dataloader.evaluator.dataset_name).stuff_classes
+    assert len(classes) == num_classes
+    preset = model_cfg.backbone.preset
+    if preset is not None:
+        # the head's input width must be the preset ViT's width
+        assert model_cfg.sem_seg_head.input_shape.channels == DINOV3_PRESETS[preset]["embed_dim"]
+        # weights of the family whose normalization is used
+        assert model_cfg.normalization in os.path.basename(model_cfg.backbone.weights)
+    assert 0 < cfg.lr_multiplier.warmup_length < 1
+
+
+@pytest.mark.parametrize("path", LEAF_CONFIGS, ids=_name)
+def test_leaf_config_instantiates_tiny(path, tmp_path):
+    cfg = LazyConfig.load(path)
+    _make_tiny(cfg.model)
+    model = instantiate(cfg.model)
+    assert isinstance(model, DINOv3Mask2Former)
+    assert model.num_classes == cfg.dataloader.train.mapper.num_classes
+    assert set(model.criterion.weight_dict) >= {"loss_ce", "loss_mask", "loss_dice", "loss_ce_0"}
+
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    assert isinstance(optimizer, torch.optim.AdamW)
+    optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert not optimized & {id(p) for p in model.backbone.vit.parameters()}
+    scheduler = instantiate(cfg.lr_multiplier)
+    assert isinstance(scheduler, ParamScheduler)
+    LRMultiplier(optimizer, multiplier=scheduler, max_iter=cfg.train.max_iter)
+
+    # Plain YAML (no lambdas or objects that force the pickle fallback).
+    cfg.optimizer.params.model = None
+    out = str(tmp_path / "config.yaml")
+    LazyConfig.save(cfg, out)
+    assert not os.path.exists(out + ".pkl")
+    assert LazyConfig.load(out).train.max_iter == cfg.train.max_iter

@@ -1,0 +1,200 @@
+#!/usr/bin/env python
+"""Train or evaluate a DINOv3 + Mask2Former semantic segmentation model from a LazyConfig.
+
+The config provides (see ``configs/common/train.py`` for the ``train`` fields):
+    model                     instantiates to the segmentation model
+    dataloader.train / .test  instantiate to data loaders
+    dataloader.evaluator      instantiates to the evaluator of the test set
+    optimizer                 its ``params.model`` is set to the model before instantiation
+    lr_multiplier             an fvcore ParamScheduler (warmup + poly)
+    train                     output_dir, init_checkpoint, max_iter, device, amp, clip_grad,
+                              ddp, checkpointer, full_checkpoint, eval_period, log_period, seed
+
+Examples:
+    python tools/train_net.py --config-file configs/synthetic/m2f_tiny_synthetic.py
+    python tools/train_net.py --config-file configs/loveda/m2f_vitl16_sat493m_512.py --num-gpus 8 \
+        model.backbone.weights=/ckpt/dinov3_vitl16_sat493m.pth
+    python tools/train_net.py --config-file <cfg> --resume
+    python tools/train_net.py --config-file <cfg> --eval-only train.init_checkpoint=<model.pth>
+"""
+import inspect
+import json
+import logging
+import os
+from typing import Dict, List, Tuple
+
+import torch
+from detectron2.config import LazyConfig, instantiate
+from detectron2.engine import default_argument_parser, default_setup, default_writers, hooks, launch
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+from detectron2.utils.registry import locate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+import dinov3_m2f.d2  # noqa: F401  (registers the backbone, meta-architecture and datasets)
+from dinov3_m2f.d2.checkpoint import TrainableCheckpointer
+from dinov3_m2f.d2.engine import AMP_DTYPES, SegTrainer, resolve_device, wrap_ddp
+
+logger = logging.getLogger("detectron2")
+
+EVAL_RESULTS_FILE = "eval_results.json"
+_MISSING = object()
+
+
+def _accepts_kwarg(target, name: str) -> bool:
+    """Whether the callable ``target`` of a LazyCall node accepts keyword ``name``."""
+    if isinstance(target, str):
+        target = locate(target)
+    params = inspect.signature(target).parameters
+    if name in params:
+        return True
+    return any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def check_override_keys(cfg: DictConfig, overrides: List[str]) -> None:
+    """Raise KeyError for a ``key=value`` override that names nothing the config knows.
+
+    A key is accepted when it exists in the config, or when its parent is a LazyCall node whose
+    target accepts it as a keyword argument (e.g. an optional constructor argument).
+
+    Args:
+        cfg: the loaded config.
+        overrides: the ``key=value`` strings from the command line.
+    """
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if OmegaConf.select(cfg, key, default=_MISSING) is not _MISSING:
+            continue
+        parent_key, _, leaf = key.rpartition(".")
+        parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg
+        if isinstance(parent, DictConfig) and "_target_" in parent:
+            if _accepts_kwarg(parent._target_, leaf):
+                continue
+        raise KeyError(f"Config override '{override}': the config has no key '{key}'")
+
+
+def do_test(cfg: DictConfig, model: nn.Module) -> Dict:
+    """Run the evaluator of ``cfg.dataloader`` on the test loader and log the results.
+
+    Inference runs under autocast when ``train.amp.enabled``.
+    """
+    device = resolve_device(cfg.train.device)
+    amp = cfg.train.amp
+    with torch.autocast(device.type, dtype=AMP_DTYPES[amp.dtype], enabled=amp.enabled):
+        results = inference_on_dataset(
+            model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
+        )
+    if comm.is_main_process():
+        print_csv_format(results)
+    return results
+
+
+def build_model(cfg: DictConfig) -> Tuple[nn.Module, torch.device]:
+    """Instantiate ``cfg.model`` on this process' device.
+
+    Returns:
+        The model and its device.
+    """
+    device = resolve_device(cfg.train.device)
+    model = instantiate(cfg.model)
+    model.to(device)
+    logger.info("Model:\n%s", model)
+    return model, device
+
+
+def do_train(args, cfg: DictConfig) -> SegTrainer:
+    """Train with periodic checkpoints and evaluation; resume when ``args.resume``.
+
+    Returns:
+        The trainer after training (its ``model`` holds this process' final weights).
+    """
+    model, device = build_model(cfg)
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    train_loader = instantiate(cfg.dataloader.train)
+
+    model = wrap_ddp(model, device=device, **cfg.train.ddp)
+    trainer = SegTrainer(
+        model,
+        train_loader,
+        optimizer,
+        device=device,
+        amp_dtype=cfg.train.amp.dtype if cfg.train.amp.enabled else None,
+        clip_grad_max_norm=cfg.train.clip_grad.max_norm if cfg.train.clip_grad.enabled else 0.0,
+        clip_grad_norm_type=cfg.train.clip_grad.norm_type,
+    )
+    checkpointer = TrainableCheckpointer(
+        model, cfg.train.output_dir, full=cfg.train.full_checkpoint, trainer=trainer
+    )
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
+            if comm.is_main_process()
+            else None,
+            hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
+            hooks.PeriodicWriter(
+                default_writers(cfg.train.output_dir, cfg.train.max_iter),
+                period=cfg.train.log_period,
+            )
+            if comm.is_main_process()
+            else None,
+        ]
+    )
+
+    resuming = args.resume and checkpointer.has_checkpoint()
+    # Resuming must restore every trainable weight; an init checkpoint may be partial.
+    checkpointer.strict = resuming
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+    # A checkpoint stores the iteration that just finished.
+    start_iter = trainer.iter + 1 if resuming else 0
+    trainer.train(start_iter, cfg.train.max_iter)
+    return trainer
+
+
+def do_eval_only(cfg: DictConfig) -> Dict:
+    """Load ``train.init_checkpoint`` (trainable-only or full) strictly and evaluate."""
+    if not cfg.train.init_checkpoint:
+        raise ValueError("--eval-only needs a checkpoint: pass train.init_checkpoint=<path>")
+    model, device = build_model(cfg)
+    model = wrap_ddp(model, device=device)
+    TrainableCheckpointer(model, strict=True).load(cfg.train.init_checkpoint)
+    results = do_test(cfg, model)
+    if comm.is_main_process():
+        path = os.path.join(cfg.train.output_dir, EVAL_RESULTS_FILE)
+        with open(path, "w") as f:
+            json.dump(results, f, indent=2)
+        logger.info("Evaluation results written to %s", path)
+    return results
+
+
+def main(args) -> None:
+    cfg = LazyConfig.load(args.config_file)
+    check_override_keys(cfg, args.opts)
+    cfg = LazyConfig.apply_overrides(cfg, args.opts)
+    default_setup(cfg, args)
+    # default_setup configures the "detectron2" and "fvcore" loggers; ours logs too.
+    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="dinov3_m2f")
+    if args.eval_only:
+        do_eval_only(cfg)
+    else:
+        do_train(args, cfg)
+
+
+def invoke_main() -> None:
+    args = default_argument_parser(epilog=__doc__).parse_args()
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+
+
+if __name__ == "__main__":
+    invoke_main()
