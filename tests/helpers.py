@@ -22,3 +22,33 @@ def load_tool(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+class CreatesFileWhenUnpickled:
+    """A pickle payload that runs code: unpickling it calls ``open(marker, "w")``, creating ``marker``.
+
+    Used to check that checkpoint readers never unpickle arbitrary objects (the marker must not appear).
+    """
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def write_code_executing_checkpoint(path, marker, *, plain_pickle=False):
+    """Write a checkpoint at ``path`` whose loading with full unpickling would create ``marker``.
+
+    The file also holds a real-looking state dict. ``plain_pickle=True`` writes it with ``pickle.dump``
+    (a ``.pkl`` file) instead of ``torch.save``.
+    """
+    import pickle
+
+    data = {"model": {"weight": torch.zeros(2, 2)}, "payload": CreatesFileWhenUnpickled(marker)}
+    if plain_pickle:
+        with open(path, "wb") as f:
+            pickle.dump(data, f)
+    else:
+        torch.save(data, path)
+    return str(path)

@@ -25,6 +25,24 @@ def catalog():
         MetadataCatalog.remove(name)
 
 
+@pytest.fixture
+def unregistered_loveda():
+    """The standard LoveDA names unregistered before and after the test, so that a config registers
+    them under the test's ``$DETECTRON2_DATASETS`` whatever ran earlier in this process."""
+    names = [f"loveda_sem_seg_{split}" for split in ("train", "val", "test")]
+
+    def remove():
+        for name in names:
+            if name in DatasetCatalog.list():
+                DatasetCatalog.remove(name)
+            if name in MetadataCatalog.list():
+                MetadataCatalog.remove(name)
+
+    remove()
+    yield
+    remove()
+
+
 def _write_image(path, h=8, w=10):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     assert cv2.imwrite(str(path), np.full((h, w, 3), 100, np.uint8))
@@ -189,9 +207,7 @@ def test_folder_config_registers_from_config(tmp_path, catalog):
     assert mapper.num_classes == 3 and mapper.ignore_label == 255
 
 
-def test_loveda_config_evaluator_reads_shifted_gt(tmp_path, monkeypatch, catalog):
-    for name in [n for n in DatasetCatalog.list() if n.startswith("loveda_sem_seg_")]:
-        pytest.skip(f"{name} is already registered in this process")
+def test_loveda_config_evaluator_reads_shifted_gt(tmp_path, monkeypatch, unregistered_loveda):
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
     _make_loveda(str(tmp_path / "LoveDA"))
     cfg = LazyConfig.load(os.path.join(CONFIG_DIR, "loveda.py"))

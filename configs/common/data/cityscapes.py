@@ -1,10 +1,10 @@
 """Cityscapes fine (19 train ids), crop 512x1024; needs ``*_gtFine_labelTrainIds.png``."""
 from detectron2.config import LazyCall as L
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.evaluation import SemSegEvaluator
+from detectron2.data import build_detection_train_loader
 from omegaconf import OmegaConf
 
 from dinov3_m2f.d2.datasets import SemSegGroundTruthLoader, get_dataset_dicts
+from dinov3_m2f.d2.evaluation import SkippingSemSegEvaluator, build_sem_seg_test_loader
 from dinov3_m2f.d2.mapper import SemSegDatasetMapper
 from dinov3_m2f.d2.transforms import build_sem_seg_train_augmentations, scaled_lengths
 
@@ -30,7 +30,7 @@ dataloader.train = L(build_detection_train_loader)(
     num_workers=4,
 )
 
-dataloader.test = L(build_detection_test_loader)(
+dataloader.test = L(build_sem_seg_test_loader)(
     dataset=L(get_dataset_dicts)(names="cityscapes_fine_sem_seg_val", filter_empty=False),
     mapper=L(SemSegDatasetMapper)(
         is_train=False,
@@ -40,8 +40,8 @@ dataloader.test = L(build_detection_test_loader)(
     num_workers=4,
 )
 
-# SemSegEvaluator (not detectron2's CityscapesSemSegEvaluator): no cityscapesscripts needed.
-dataloader.evaluator = L(SemSegEvaluator)(
+# SemSegEvaluator semantics (not detectron2's CityscapesSemSegEvaluator): no cityscapesscripts needed.
+dataloader.evaluator = L(SkippingSemSegEvaluator)(
     dataset_name="${..test.dataset.names}",
     sem_seg_loading_fn=L(SemSegGroundTruthLoader)(dataset_name="${..dataset_name}"),
 )

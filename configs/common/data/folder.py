@@ -14,8 +14,7 @@ the loaders/evaluator are built (``register_folder_dataset`` returns the dataset
 """
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.evaluation import SemSegEvaluator
+from detectron2.data import build_detection_train_loader
 from omegaconf import OmegaConf
 
 from dinov3_m2f.d2.datasets import (
@@ -23,6 +22,7 @@ from dinov3_m2f.d2.datasets import (
     get_dataset_dicts,
     register_folder_dataset,
 )
+from dinov3_m2f.d2.evaluation import SkippingSemSegEvaluator, build_sem_seg_test_loader
 from dinov3_m2f.d2.mapper import SemSegDatasetMapper
 from dinov3_m2f.d2.transforms import build_sem_seg_train_augmentations, scaled_lengths
 
@@ -58,7 +58,7 @@ dataloader.train = L(build_detection_train_loader)(
     num_workers=4,
 )
 
-dataloader.test = L(build_detection_test_loader)(
+dataloader.test = L(build_sem_seg_test_loader)(
     dataset=L(get_dataset_dicts)(
         names=L(register_folder_dataset)(
             name="folder_sem_seg_val",
@@ -77,7 +77,7 @@ dataloader.test = L(build_detection_test_loader)(
     num_workers=4,
 )
 
-dataloader.evaluator = L(SemSegEvaluator)(
+dataloader.evaluator = L(SkippingSemSegEvaluator)(
     dataset_name="${..test.dataset.names}",  # registers the val folder and gives its name
     sem_seg_loading_fn=L(SemSegGroundTruthLoader)(dataset_name="${..dataset_name}"),
 )

@@ -5,11 +5,11 @@ Expects ``$DETECTRON2_DATASETS/LoveDA/{Train,Val,Test}/{Urban,Rural}/{images_png
 uses ``loveda_sem_seg_val``.
 """
 from detectron2.config import LazyCall as L
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.evaluation import SemSegEvaluator
+from detectron2.data import build_detection_train_loader
 from omegaconf import OmegaConf
 
 from dinov3_m2f.d2.datasets import LOVEDA_LABEL_MAP, SemSegGroundTruthLoader, get_dataset_dicts
+from dinov3_m2f.d2.evaluation import SkippingSemSegEvaluator, build_sem_seg_test_loader
 from dinov3_m2f.d2.mapper import SemSegDatasetMapper
 from dinov3_m2f.d2.transforms import build_sem_seg_train_augmentations, scaled_lengths
 
@@ -36,7 +36,7 @@ dataloader.train = L(build_detection_train_loader)(
     num_workers=4,
 )
 
-dataloader.test = L(build_detection_test_loader)(
+dataloader.test = L(build_sem_seg_test_loader)(
     dataset=L(get_dataset_dicts)(names="loveda_sem_seg_val", filter_empty=False),
     mapper=L(SemSegDatasetMapper)(
         is_train=False,
@@ -46,7 +46,7 @@ dataloader.test = L(build_detection_test_loader)(
     num_workers=4,
 )
 
-dataloader.evaluator = L(SemSegEvaluator)(
+dataloader.evaluator = L(SkippingSemSegEvaluator)(
     dataset_name="${..test.dataset.names}",
     # applies the dataset's label_map, so the ground truth is 0..6 / 255 like in training
     sem_seg_loading_fn=L(SemSegGroundTruthLoader)(dataset_name="${..dataset_name}"),

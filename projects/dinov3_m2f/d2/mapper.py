@@ -18,10 +18,44 @@ from .transforms import build_sem_seg_train_augmentations
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SemSegDatasetMapper"]
+__all__ = ["SemSegDatasetMapper", "UnreadableImageError", "read_image_or_raise"]
 
 IMAGE_PAD_VALUE = 0
 _UINT8_MAX = 255
+
+
+class UnreadableImageError(ValueError):
+    """An image file is missing or cannot be decoded.
+
+    Attributes:
+        path: the image file.
+    """
+
+    def __init__(self, message: str, *, path: str):
+        super().__init__(message)
+        self.path = path
+
+
+def read_image_or_raise(path: str, *, image_format: str) -> np.ndarray:
+    """``detection_utils.read_image`` that names the file when it is missing or corrupt.
+
+    Args:
+        path: image file.
+        image_format: channel order, as for ``read_image`` (e.g. "RGB").
+
+    Returns:
+        The decoded image [H, W, C].
+
+    Raises:
+        UnreadableImageError: the file does not exist or does not decode (truncated, not an
+            image); the message names the file.
+    """
+    try:
+        return utils.read_image(path, format=image_format)
+    except FileNotFoundError as e:
+        raise UnreadableImageError(f"image file {path} does not exist", path=path) from e
+    except OSError as e:  # PIL's UnidentifiedImageError and truncated-data errors
+        raise UnreadableImageError(f"cannot read image file {path}: {e}", path=path) from e
 
 
 def _as_pair(size: Union[int, Sequence[int]], name: str) -> Tuple[int, int]:
@@ -41,7 +75,9 @@ class SemSegDatasetMapper:
 
     Masks go through :func:`dinov3_m2f.data.io.read_label_mask`, so an unreadable or multi-channel
     mask, a mask whose size differs from its image, or values outside ``0..num_classes-1`` other
-    than ``ignore_label`` raise an error naming the file.
+    than ``ignore_label`` raise an error naming the file. A missing or corrupt image raises
+    :class:`UnreadableImageError` naming the file, in training and inference alike; the test
+    loader of :mod:`dinov3_m2f.d2.evaluation` turns that error into a skipped image.
     """
 
     @configurable
@@ -155,7 +191,7 @@ class SemSegDatasetMapper:
             ``sem_seg``.
         """
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        image = read_image_or_raise(dataset_dict["file_name"], image_format=self.image_format)
         utils.check_image_size(dataset_dict, image)  # sets height/width when missing
         if self.is_train:
             sem_seg = self._read_mask(dataset_dict, image)
