@@ -1,0 +1,124 @@
+"""torch.hub entry points: each returns a :class:`dinov3_m2f.d2.predictor.SemSegPredictor`.
+
+Weights are local files (nothing is downloaded), so loading works offline::
+
+    import torch
+    predictor = torch.hub.load(
+        "/path/to/dinov3-m2f", "m2f_vitl16_loveda", source="local",
+        checkpoint="output/loveda/model_final.pth",
+        backbone_weights="checkpoints/dinov3_vitl16_pretrain_sat493m.pth",
+    )
+    labels = predictor("tile.png")  # [H, W] class ids
+
+``checkpoint`` is a trainable-only or full checkpoint of ``tools/train_net.py`` (or a converted
+released head). ``backbone_weights`` is the DINOv3 ViT weights file; it may be left out when
+``checkpoint`` is a full checkpoint (it then holds the ViT). Other keyword arguments go to
+:meth:`SemSegPredictor.from_config` (``overrides``, ``device``, ``autocast``, ``test_mode``,
+``slide_crop_size``, ``slide_stride``, ``tta_scales``, ``tta_flip``).
+"""
+import os
+import sys
+from typing import Optional
+
+dependencies = ["torch", "detectron2"]
+
+_REPO = os.path.dirname(os.path.abspath(__file__))
+_PROJECTS = os.path.join(_REPO, "projects")
+# Use the dinov3_m2f package of this checkout (also when it is not pip-installed).
+if _PROJECTS not in sys.path:
+    sys.path.insert(0, _PROJECTS)
+
+from dinov3_m2f.d2.predictor import SemSegPredictor  # noqa: E402
+
+
+def _predictor(
+    config: str, *, checkpoint: str, backbone_weights: Optional[str], overrides=(), **kwargs
+) -> SemSegPredictor:
+    # The config's default weights path is relative to a training run's working directory;
+    # here the ViT comes from backbone_weights or from a full checkpoint.
+    weights = "null" if backbone_weights is None else backbone_weights
+    return SemSegPredictor.from_config(
+        os.path.join(_REPO, "configs", config),
+        checkpoint=checkpoint,
+        overrides=[f"model.backbone.weights={weights}", *overrides],
+        **kwargs,
+    )
+
+
+def m2f_synthetic_tiny(*, checkpoint: str, **kwargs) -> SemSegPredictor:
+    """Tiny seeded-random ViT + adapter + Mask2Former on the synthetic 7-class data
+    (``configs/synthetic/m2f_tiny_synthetic.py``); the ViT is rebuilt from its seed.
+
+    Args:
+        checkpoint: checkpoint of a synthetic training run.
+        kwargs: see the module docstring.
+
+    Returns:
+        The predictor.
+    """
+    return _predictor(
+        "synthetic/m2f_tiny_synthetic.py", checkpoint=checkpoint, backbone_weights=None, **kwargs
+    )
+
+
+def m2f_vitl16_loveda(
+    *, checkpoint: str, backbone_weights: Optional[str] = None, **kwargs
+) -> SemSegPredictor:
+    """DINOv3 ViT-L/16 (SAT-493M) + Mask2Former on LoveDA, 512 sliding windows
+    (``configs/loveda/m2f_vitl16_sat493m_512.py``).
+
+    Args:
+        checkpoint: trainable-only or full checkpoint.
+        backbone_weights: ``dinov3_vitl16_pretrain_sat493m`` weights (needed with a
+            trainable-only checkpoint).
+        kwargs: see the module docstring.
+
+    Returns:
+        The predictor.
+    """
+    return _predictor(
+        "loveda/m2f_vitl16_sat493m_512.py",
+        checkpoint=checkpoint, backbone_weights=backbone_weights, **kwargs,
+    )
+
+
+def m2f_vitl16_ade20k(
+    *, checkpoint: str, backbone_weights: Optional[str] = None, **kwargs
+) -> SemSegPredictor:
+    """DINOv3 ViT-L/16 (LVD-1689M) + Mask2Former on ADE20K-150, 512 sliding windows
+    (``configs/ade20k/m2f_vitl16_lvd1689m_512.py``).
+
+    Args:
+        checkpoint: trainable-only or full checkpoint.
+        backbone_weights: ``dinov3_vitl16_pretrain_lvd1689m`` weights (needed with a
+            trainable-only checkpoint).
+        kwargs: see the module docstring.
+
+    Returns:
+        The predictor.
+    """
+    return _predictor(
+        "ade20k/m2f_vitl16_lvd1689m_512.py",
+        checkpoint=checkpoint, backbone_weights=backbone_weights, **kwargs,
+    )
+
+
+def m2f_vit7b16_ade20k_official_head(
+    *, checkpoint: str, backbone_weights: Optional[str] = None, **kwargs
+) -> SemSegPredictor:
+    """The released DINOv3 ViT-7B/16 Mask2Former ADE20K segmentor: 896 windows, 5-scale + flip
+    TTA, bf16 autocast on CUDA (``configs/ade20k/m2f_vit7b16_official_head_eval.py``).
+
+    Args:
+        checkpoint: the released head converted with ``tools/convert_weights.py``.
+        backbone_weights: ``dinov3_vit7b16_pretrain_lvd1689m`` weights (the converted head
+            does not hold the ViT).
+        kwargs: see the module docstring.
+
+    Returns:
+        The predictor.
+    """
+    return _predictor(
+        "ade20k/m2f_vit7b16_official_head_eval.py",
+        checkpoint=checkpoint, backbone_weights=backbone_weights, **kwargs,
+    )

@@ -1,0 +1,303 @@
+"""A small inference API: config file + checkpoint -> label maps, without a Detectron2 config in
+the caller's script.
+
+Example::
+
+    from dinov3_m2f.d2.predictor import SemSegPredictor
+
+    predictor = SemSegPredictor.from_config(
+        "configs/loveda/m2f_vitl16_sat493m_512.py",
+        checkpoint="output/loveda/model_final.pth",
+        overrides=["model.backbone.weights=checkpoints/dinov3_vitl16_pretrain_sat493m.pth"],
+    )
+    labels = predictor("tile.png")                      # [H, W] int64 class ids
+    labels, probs = predictor(rgb_array, return_probs=True)  # probs: [C, H, W] float32
+    predictor.class_names[labels[0, 0]]
+"""
+import inspect
+import logging
+import os
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from detectron2.config import LazyConfig, instantiate
+from detectron2.data import MetadataCatalog
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from detectron2.data.catalog import Metadata
+from detectron2.utils.registry import locate
+from omegaconf import DictConfig, OmegaConf
+from PIL import UnidentifiedImageError
+from torch import nn
+
+from .checkpoint import TrainableCheckpointer
+from .datasets import register_all
+from .engine import AMP_DTYPES
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SemSegPredictor", "load_config", "read_rgb_image"]
+
+_MISSING = object()
+# Accepted values of ``autocast``: "auto" follows cfg.train.amp on CUDA and is off on CPU.
+AUTOCAST_CHOICES = ("auto", "none", *AMP_DTYPES)
+_UINT8_CHANNELS = 3
+
+
+def _accepts_kwarg(target, name: str) -> bool:
+    if isinstance(target, str):
+        target = locate(target)
+    params = inspect.signature(target).parameters
+    return name in params or any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def load_config(config_file: str, *, overrides: Sequence[str] = ()) -> DictConfig:
+    """Load a LazyConfig and apply ``key=value`` overrides, rejecting keys the config lacks.
+
+    A key is accepted when it exists in the config, or when its parent is a LazyCall node whose
+    target takes it as a keyword argument (an optional constructor argument left at its default).
+
+    Args:
+        config_file: path of the LazyConfig ``.py`` file.
+        overrides: ``key=value`` strings (Hydra override syntax, as on the train_net command line).
+
+    Returns:
+        The config with the overrides applied.
+    """
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"config_file {config_file} does not exist")
+    cfg = LazyConfig.load(config_file)
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if OmegaConf.select(cfg, key, default=_MISSING) is not _MISSING:
+            continue
+        parent_key, _, leaf = key.rpartition(".")
+        parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg
+        if not (
+            isinstance(parent, DictConfig)
+            and "_target_" in parent
+            and _accepts_kwarg(parent._target_, leaf)
+        ):
+            raise KeyError(f"Config override '{override}': {config_file} has no key '{key}'")
+    return LazyConfig.apply_overrides(cfg, list(overrides))
+
+
+def read_rgb_image(path: str) -> np.ndarray:
+    """Read an image file as RGB uint8 [H, W, 3] (EXIF orientation applied).
+
+    Args:
+        path: image file.
+
+    Returns:
+        The image.
+
+    Raises:
+        ValueError: the file is missing, not an image, or truncated (the message names it).
+    """
+    try:
+        return utils.read_image(path, format="RGB")
+    except (OSError, UnidentifiedImageError, SyntaxError) as e:
+        # PIL raises OSError for missing/truncated files, UnidentifiedImageError (an OSError)
+        # for non-images and SyntaxError for some malformed headers.
+        raise ValueError(f"cannot read image {path}: {e}") from e
+
+
+def _test_dataset_name(cfg: DictConfig) -> str:
+    """The first dataset of ``cfg.dataloader.test`` (registering datasets as needed)."""
+    names = OmegaConf.select(cfg, "dataloader.test.dataset.names", default=None)
+    if names is None:
+        raise ValueError(
+            "the config has no dataloader.test.dataset.names; the predictor takes its class "
+            "names from that dataset's metadata"
+        )
+    register_all()
+    # A folder config registers its dataset through a LazyCall that returns the name.
+    names = instantiate(names)
+    if not isinstance(names, str):
+        names = list(names)[0]
+    return names
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r} but CUDA is not available; use 'cpu' or 'auto'")
+    return resolved
+
+
+def _resolve_autocast(autocast: str, cfg: DictConfig, device: torch.device) -> Optional[torch.dtype]:
+    if autocast not in AUTOCAST_CHOICES:
+        raise ValueError(f"autocast must be one of {AUTOCAST_CHOICES}, got {autocast!r}")
+    if autocast == "auto":
+        amp = OmegaConf.select(cfg, "train.amp", default=None)
+        if device.type != "cuda" or amp is None or not amp.enabled:
+            return None
+        return AMP_DTYPES[amp.dtype]
+    return None if autocast == "none" else AMP_DTYPES[autocast]
+
+
+def _checkpoint_kind(path: str) -> str:
+    """``"trainable"`` or ``"full"`` as recorded by TrainableCheckpointer (memory-mapped peek)."""
+    if path.endswith(".safetensors"):
+        return "full"
+    data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return data.get("checkpoint_kind", "full") if isinstance(data, dict) else "full"
+
+
+class SemSegPredictor:
+    """Runs a semantic segmentation model on single RGB images.
+
+    Images go through the test-time resize of ``cfg.dataloader.test.mapper`` (when the config
+    has one) and the model's own test mode (whole image, sliding windows or TTA); results are
+    returned at the input image size.
+
+    Attributes:
+        model: the model in eval mode.
+        metadata: detectron2 metadata of the test dataset (``stuff_classes``, ``stuff_colors``).
+        class_names: ``metadata.stuff_classes``.
+        device: where the model runs.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        metadata: Metadata,
+        augmentations: Sequence[Union[T.Augmentation, T.Transform]] = (),
+        autocast_dtype: Optional[torch.dtype] = None,
+    ):
+        """
+        Args:
+            model: a model taking detectron2 dicts and returning ``[{"sem_seg": [C, H, W]}]``
+                in eval mode (``DINOv3Mask2Former``); it is put in eval mode.
+            metadata: dataset metadata with ``stuff_classes`` (and ``stuff_colors`` for drawing).
+            augmentations: test-time transforms applied to the image before the model.
+            autocast_dtype: run the model under autocast with this dtype; None = float32.
+        """
+        self.model = model.eval()
+        self.metadata = metadata
+        self.class_names: List[str] = list(metadata.stuff_classes)
+        self.augmentations = T.AugmentationList(list(augmentations))
+        self.autocast_dtype = autocast_dtype
+        self.device = next(model.parameters()).device
+
+    @classmethod
+    def from_config(
+        cls,
+        config_file: str,
+        *,
+        checkpoint: str,
+        overrides: Sequence[str] = (),
+        device: str = "auto",
+        autocast: str = "auto",
+        test_mode: Optional[str] = None,
+        slide_crop_size: Optional[Tuple[int, int]] = None,
+        slide_stride: Optional[Tuple[int, int]] = None,
+        tta_scales: Optional[Sequence[float]] = None,
+        tta_flip: Optional[bool] = None,
+    ) -> "SemSegPredictor":
+        """Build ``cfg.model``, load a checkpoint strictly and return a predictor.
+
+        Args:
+            config_file: LazyConfig file (e.g. ``configs/synthetic/m2f_tiny_synthetic.py``).
+            checkpoint: a TrainableCheckpointer file (trainable-only or full ``.pth``) or a
+                ``.safetensors`` state dict. A trainable-only checkpoint needs the frozen ViT
+                from ``model.backbone.weights`` (or its seeded random init ``init_seed``).
+            overrides: ``key=value`` config overrides, e.g. ``model.backbone.weights=<file>``.
+            device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:<i>".
+            autocast: "auto" (``cfg.train.amp`` on CUDA, float32 on CPU), "none", "bfloat16"
+                or "float16".
+            test_mode: override ``model.test_mode`` ("whole", "slide", "tta").
+            slide_crop_size: override ``model.slide_crop_size`` (h, w).
+            slide_stride: override ``model.slide_stride`` (h, w).
+            tta_scales: override ``model.tta_scales``.
+            tta_flip: override ``model.tta_flip``.
+
+        Returns:
+            The predictor.
+        """
+        if not isinstance(checkpoint, str) or not os.path.isfile(checkpoint):
+            raise FileNotFoundError(f"checkpoint {checkpoint!r} is not a file")
+        cfg = load_config(config_file, overrides=overrides)
+        test_settings = {
+            "test_mode": test_mode,
+            "slide_crop_size": slide_crop_size,
+            "slide_stride": slide_stride,
+            "tta_scales": tta_scales,
+            "tta_flip": tta_flip,
+        }
+        for key, value in test_settings.items():
+            if value is not None:
+                cfg.model[key] = list(value) if isinstance(value, (tuple, list)) else value
+
+        backbone = cfg.model.backbone
+        if (
+            _checkpoint_kind(checkpoint) == "trainable"
+            and not backbone.get("weights")
+            and backbone.get("init_seed") is None
+        ):
+            raise ValueError(
+                f"checkpoint {checkpoint} holds only the trainable weights, but the config gives "
+                "the frozen ViT neither weights (model.backbone.weights) nor init_seed; pass the "
+                "backbone weights or use a full checkpoint"
+            )
+        metadata = MetadataCatalog.get(_test_dataset_name(cfg))
+        mapper = OmegaConf.select(cfg, "dataloader.test.mapper", default=None)
+        augmentations = instantiate(mapper.augmentations) if mapper is not None else []
+
+        resolved_device = _resolve_device(device)
+        model = instantiate(cfg.model).to(resolved_device)
+        TrainableCheckpointer(model, strict=True).load(checkpoint)
+        logger.info(
+            "SemSegPredictor: %s with %s on %s (test_mode=%s)",
+            config_file, checkpoint, resolved_device, getattr(model, "test_mode", "n/a"),
+        )
+        return cls(
+            model,
+            metadata=metadata,
+            augmentations=augmentations,
+            autocast_dtype=_resolve_autocast(autocast, cfg, resolved_device),
+        )
+
+    def _as_image(self, image: Union[np.ndarray, str]) -> np.ndarray:
+        if isinstance(image, (str, os.PathLike)):
+            return read_rgb_image(os.fspath(image))
+        if not isinstance(image, np.ndarray):
+            raise TypeError(f"image must be a path or a numpy array, got {type(image).__name__}")
+        if image.ndim != 3 or image.shape[2] != _UINT8_CHANNELS or image.dtype != np.uint8:
+            raise ValueError(
+                f"image must be an RGB uint8 array [H, W, 3], got {image.dtype} {image.shape}"
+            )
+        return image
+
+    def __call__(
+        self, image: Union[np.ndarray, str], *, return_probs: bool = False
+    ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
+        """Segment one image.
+
+        Args:
+            image: RGB uint8 array [H, W, 3] or an image file path.
+            return_probs: also return the per-class scores.
+
+        Returns:
+            labels: int64 [H, W] class ids (argmax of the scores). With ``return_probs``, also
+            probs: float32 [C, H, W], the model's semantic scores (Mask2Former: sum over queries
+            of class probability x mask probability; not normalized to sum to 1).
+        """
+        original = self._as_image(image)
+        height, width = original.shape[:2]
+        aug_input = T.AugInput(original)
+        self.augmentations(aug_input)
+        tensor = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
+        inputs: Dict = {"image": tensor, "height": height, "width": width}  # image [3, h, w]
+        with torch.inference_mode(), torch.autocast(
+            self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
+        ):
+            scores = self.model([inputs])[0]["sem_seg"].float()  # [C, H, W]
+        labels = scores.argmax(dim=0).cpu().numpy()  # [H, W]
+        if return_probs:
+            return labels, scores.cpu().numpy()
+        return labels
