@@ -1,5 +1,6 @@
 """Every LazyConfig under configs/ loads; every leaf config instantiates (with a tiny backbone
-and head instead of the real sizes), is consistent with its data, and saves as plain YAML."""
+and head instead of the real sizes; the per-pixel synthetic configs are tiny already), is
+consistent with its data, and saves as plain YAML."""
 import glob
 import os
 
@@ -13,7 +14,7 @@ from detectron2.data import MetadataCatalog  # noqa: E402
 from detectron2.solver import LRMultiplier  # noqa: E402
 from fvcore.common.param_scheduler import ParamScheduler  # noqa: E402
 
-from dinov3_m2f.d2 import DINOv3Mask2Former  # noqa: E402
+from dinov3_m2f.d2 import DINOv3Mask2Former, DINOv3PixelSegmentor  # noqa: E402
 from dinov3_m2f.d2.datasets import register_all  # noqa: E402
 from dinov3_m2f.modeling.dinov3 import DINOV3_PRESETS  # noqa: E402
 
@@ -27,8 +28,15 @@ def _name(path: str) -> str:
     return os.path.relpath(path, CONFIG_ROOT)
 
 
+def _is_mask2former(model_cfg) -> bool:
+    return model_cfg._target_ is DINOv3Mask2Former
+
+
 def _make_tiny(model_cfg) -> None:
     """Replace the backbone and head sizes with tiny ones (no weights file needed)."""
+    if not _is_mask2former(model_cfg):
+        assert model_cfg.backbone.preset is None, "per-pixel leaf configs are tiny synthetic ones"
+        return
     backbone = model_cfg.backbone
     backbone.preset = None
     backbone.weights = None
@@ -73,7 +81,7 @@ def test_leaf_config_is_consistent(path):
     classes = MetadataCatalog.get(cfg.dataloader.evaluator.dataset_name).stuff_classes
     assert len(classes) == num_classes
     preset = model_cfg.backbone.preset
-    if preset is not None:
+    if preset is not None and _is_mask2former(model_cfg):
         # the head's input width must be the preset ViT's width
         assert model_cfg.sem_seg_head.input_shape.channels == DINOV3_PRESETS[preset]["embed_dim"]
         # weights of the family whose normalization is used
@@ -86,9 +94,12 @@ def test_leaf_config_instantiates_tiny(path, tmp_path):
     cfg = LazyConfig.load(path)
     _make_tiny(cfg.model)
     model = instantiate(cfg.model)
-    assert isinstance(model, DINOv3Mask2Former)
     assert model.num_classes == cfg.dataloader.train.mapper.num_classes
-    assert set(model.criterion.weight_dict) >= {"loss_ce", "loss_mask", "loss_dice", "loss_ce_0"}
+    if _is_mask2former(cfg.model):
+        assert isinstance(model, DINOv3Mask2Former)
+        assert set(model.criterion.weight_dict) >= {"loss_ce", "loss_mask", "loss_dice", "loss_ce_0"}
+    else:
+        assert isinstance(model, DINOv3PixelSegmentor)
 
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)

@@ -8,7 +8,8 @@ The config provides (see ``configs/common/train.py`` for the ``train`` fields):
     optimizer                 its ``params.model`` is set to the model before instantiation
     lr_multiplier             an fvcore ParamScheduler (warmup + poly)
     train                     output_dir, init_checkpoint, max_iter, device, amp, clip_grad,
-                              ddp, checkpointer, full_checkpoint, eval_period, log_period, seed
+                              ddp, checkpointer, full_checkpoint, eval_period, log_period, seed,
+                              best_checkpoint, early_stopping, trainable, freeze, grad_accum_steps
 
 Examples:
     python tools/train_net.py --config-file configs/synthetic/m2f_tiny_synthetic.py
@@ -21,7 +22,7 @@ import inspect
 import json
 import logging
 import os
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from detectron2.config import LazyConfig, instantiate
@@ -34,8 +35,18 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 import dinov3_m2f.d2  # noqa: F401  (registers the backbone, meta-architecture and datasets)
-from dinov3_m2f.d2.checkpoint import TrainableCheckpointer
-from dinov3_m2f.d2.engine import AMP_DTYPES, SegTrainer, resolve_device, wrap_ddp
+from dinov3_m2f.d2.checkpoint import TrainableCheckpointer, frozen_state_prefixes
+from dinov3_m2f.d2.engine import (
+    AMP_DTYPES,
+    EarlyStopping,
+    BestCheckpointer,
+    SegEvalHook,
+    SegPeriodicCheckpointer,
+    SegTrainer,
+    resolve_device,
+    wrap_ddp,
+)
+from dinov3_m2f.d2.solver import set_trainable
 
 logger = logging.getLogger("detectron2")
 
@@ -104,6 +115,47 @@ def build_model(cfg: DictConfig) -> Tuple[nn.Module, torch.device]:
     return model, device
 
 
+def build_training_hooks(
+    cfg: DictConfig, checkpointer: TrainableCheckpointer, eval_function: Callable[[], Dict]
+) -> List[Optional[hooks.HookBase]]:
+    """The hooks of a training run, in execution order.
+
+    Checkpoints are written before evaluating (a crash in evaluation keeps them); the best
+    checkpoint and early stopping come after the evaluation whose results they read. Hooks that
+    only the main process runs are None elsewhere (``register_hooks`` drops them).
+    """
+    train = cfg.train
+    best = train.best_checkpoint
+    early = train.early_stopping
+    if early is not None and best is None:
+        raise ValueError("train.early_stopping needs train.best_checkpoint (its metric and mode)")
+    main = comm.is_main_process()
+    return [
+        hooks.IterationTimer(),
+        hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+        SegPeriodicCheckpointer(checkpointer, **train.checkpointer) if main else None,
+        SegEvalHook(train.eval_period, eval_function),
+        BestCheckpointer(
+            eval_period=train.eval_period,
+            checkpointer=checkpointer,
+            metric=best.metric,
+            mode=best.mode,
+        )
+        if best is not None and main
+        else None,
+        EarlyStopping(
+            eval_period=train.eval_period, metric=best.metric, mode=best.mode, **early
+        )
+        if early is not None
+        else None,
+        hooks.PeriodicWriter(
+            default_writers(train.output_dir, train.max_iter), period=train.log_period
+        )
+        if main
+        else None,
+    ]
+
+
 def do_train(args, cfg: DictConfig) -> SegTrainer:
     """Train with periodic checkpoints and evaluation; resume when ``args.resume``.
 
@@ -111,10 +163,16 @@ def do_train(args, cfg: DictConfig) -> SegTrainer:
         The trainer after training (its ``model`` holds this process' final weights).
     """
     model, device = build_model(cfg)
+    # Frozen by construction (rebuilt from the config): left out of trainable-only checkpoints.
+    rebuilt_prefixes = frozen_state_prefixes(model)
+    frozen_by_config = set_trainable(
+        model, trainable=cfg.train.trainable, freeze=cfg.train.freeze
+    )
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
     train_loader = instantiate(cfg.dataloader.train)
 
+    eval_modules = [model.get_submodule(name) for name in frozen_by_config]
     model = wrap_ddp(model, device=device, **cfg.train.ddp)
     trainer = SegTrainer(
         model,
@@ -124,25 +182,18 @@ def do_train(args, cfg: DictConfig) -> SegTrainer:
         amp_dtype=cfg.train.amp.dtype if cfg.train.amp.enabled else None,
         clip_grad_max_norm=cfg.train.clip_grad.max_norm if cfg.train.clip_grad.enabled else 0.0,
         clip_grad_norm_type=cfg.train.clip_grad.norm_type,
+        grad_accum_steps=cfg.train.grad_accum_steps,
+        eval_modules=eval_modules,
     )
     checkpointer = TrainableCheckpointer(
-        model, cfg.train.output_dir, full=cfg.train.full_checkpoint, trainer=trainer
+        model,
+        cfg.train.output_dir,
+        full=cfg.train.full_checkpoint,
+        exclude_prefixes=rebuilt_prefixes,
+        trainer=trainer,
     )
     trainer.register_hooks(
-        [
-            hooks.IterationTimer(),
-            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
-            if comm.is_main_process()
-            else None,
-            hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
-            hooks.PeriodicWriter(
-                default_writers(cfg.train.output_dir, cfg.train.max_iter),
-                period=cfg.train.log_period,
-            )
-            if comm.is_main_process()
-            else None,
-        ]
+        build_training_hooks(cfg, checkpointer, lambda: do_test(cfg, model))
     )
 
     resuming = args.resume and checkpointer.has_checkpoint()

@@ -18,6 +18,20 @@ train = dict(
     # rebuilt from model.backbone.weights. True: store the frozen backbone too.
     full_checkpoint=False,
     eval_period=5000,
+    # Keep `model_best.pth` by a validation metric, checked after every evaluation; None disables.
+    best_checkpoint=dict(metric="sem_seg/mIoU", mode="max"),
+    # Stop after `patience` evaluations without improvement of best_checkpoint's metric
+    # (e.g. dict(patience=5)); None disables. Needs best_checkpoint and eval_period > 0.
+    early_stopping=None,
+    # Module-name prefixes to train; everything else is frozen (e.g.
+    # ["sem_seg_head.predictor.class_embed"] for a classifier-only fine-tune). None = all trainable
+    # modules. Applied before the optimizer is built; frozen modules run in eval mode.
+    trainable=None,
+    # Module-name prefixes to freeze (e.g. ["backbone.adapter"]).
+    freeze=[],
+    # Micro-batches (of dataloader.train.total_batch_size images) per optimizer step; one
+    # iteration = one step, so the effective batch is grad_accum_steps x total_batch_size.
+    grad_accum_steps=1,
     log_period=20,
     seed=42,
     cudnn_benchmark=False,

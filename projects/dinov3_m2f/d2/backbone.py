@@ -1,7 +1,8 @@
-"""Detectron2 Backbone: a frozen DINOv3 ViT wrapped by the ViT-Adapter (res2..res5 pyramid)."""
+"""Detectron2 Backbones on a frozen DINOv3 ViT: with the ViT-Adapter (res2..res5 pyramid) and
+without it (the last blocks' patch grids at stride 16, for linear probing)."""
 import functools
 import logging
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 from detectron2.layers import ShapeSpec
@@ -15,10 +16,19 @@ from dinov3_m2f.modeling.dinov3 import INTERACTION_INDEXES, build_dinov3, load_d
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["D2DINOv3Backbone", "dinov3_pyramid_shape"]
+__all__ = [
+    "D2DINOv3Backbone",
+    "D2DINOv3ViTBackbone",
+    "dinov3_pyramid_shape",
+    "dinov3_vit_shape",
+    "feature_channels",
+    "total_channels",
+]
 
 # Adapter norm chosen from the world size at construction.
 AUTO_NORM = "auto"
+# Patch size of every DINOv3 preset: ViT features are at stride 16 and inputs padded to 16.
+VIT_STRIDE = 16
 
 
 def dinov3_pyramid_shape(*, channels: int) -> Dict[str, ShapeSpec]:
@@ -35,6 +45,72 @@ def dinov3_pyramid_shape(*, channels: int) -> Dict[str, ShapeSpec]:
     return {
         name: ShapeSpec(channels=channels, stride=stride) for name, stride in OUT_STRIDES.items()
     }
+
+
+def vit_feature_names(num_layers: int) -> List[str]:
+    """Output names of :class:`D2DINOv3ViTBackbone`: ``layer0`` (earliest) .. ``layer{N-1}`` (last)."""
+    return [f"layer{i}" for i in range(num_layers)]
+
+
+def dinov3_vit_shape(*, channels: int, num_layers: int) -> Dict[str, ShapeSpec]:
+    """The output shapes of :class:`D2DINOv3ViTBackbone` reading the last ``num_layers`` blocks.
+
+    Args:
+        channels: the ViT ``embed_dim``.
+        num_layers: number of blocks read.
+
+    Returns:
+        ``{"layer0": ShapeSpec(channels, 16), ...}``.
+    """
+    return {
+        name: ShapeSpec(channels=channels, stride=VIT_STRIDE)
+        for name in vit_feature_names(num_layers)
+    }
+
+
+def feature_channels(shapes: Mapping[str, ShapeSpec]) -> List[int]:
+    """Channels of each feature, in order (e.g. ``in_channels`` of a UPerNet head).
+
+    Args:
+        shapes: a backbone's output shapes, e.g. from :func:`dinov3_pyramid_shape`.
+    """
+    return [spec.channels for spec in shapes.values()]
+
+
+def total_channels(shapes: Mapping[str, ShapeSpec]) -> int:
+    """Channels of all features concatenated (e.g. ``in_channels`` of a linear head)."""
+    return sum(feature_channels(shapes))
+
+
+def build_frozen_vit(
+    *,
+    preset: Optional[str],
+    weights: Optional[str],
+    init_seed: Optional[int],
+    vit_kwargs: Optional[Dict[str, Any]],
+) -> nn.Module:
+    """Build the frozen DINOv3 ViT from a weights file, a seeded random init or a plain random init.
+
+    Args: see :class:`D2DINOv3Backbone`.
+
+    Returns:
+        The ViT (frozen, eval semantics).
+    """
+    vit_kwargs = dict(vit_kwargs or {})
+    if weights:
+        vit = build_dinov3(preset, **vit_kwargs)
+        load_dinov3_weights(vit, weights)
+        logger.info("Loaded DINOv3 weights from %s", weights)
+        return vit
+    if init_seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
+            return build_dinov3(preset, **vit_kwargs)
+    logger.warning(
+        "DINOv3 backbone has random weights and no init_seed: trainable-only checkpoints "
+        "of this model cannot be reproduced (set init_seed, weights or full checkpoints)"
+    )
+    return build_dinov3(preset, **vit_kwargs)
 
 
 def resolve_adapter_norm(norm: str) -> Callable[[int], nn.Module]:
@@ -90,7 +166,6 @@ class D2DINOv3Backbone(Backbone):
                 ``deform_num_heads``, ``conv_inplane``, ``drop_path_rate``, ...).
         """
         super().__init__()
-        vit_kwargs = dict(vit_kwargs or {})
         if interaction_indexes is None:
             if preset not in INTERACTION_INDEXES:
                 raise ValueError(
@@ -98,20 +173,9 @@ class D2DINOv3Backbone(Backbone):
                     f"(known presets: {sorted(INTERACTION_INDEXES)})"
                 )
             interaction_indexes = INTERACTION_INDEXES[preset]
-        if weights:
-            vit = build_dinov3(preset, **vit_kwargs)
-            load_dinov3_weights(vit, weights)
-            logger.info("Loaded DINOv3 weights from %s", weights)
-        elif init_seed is not None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(init_seed)
-                vit = build_dinov3(preset, **vit_kwargs)
-        else:
-            logger.warning(
-                "DINOv3 backbone has random weights and no init_seed: trainable-only checkpoints "
-                "of this model cannot be reproduced (set init_seed, weights or full checkpoints)"
-            )
-            vit = build_dinov3(preset, **vit_kwargs)
+        vit = build_frozen_vit(
+            preset=preset, weights=weights, init_seed=init_seed, vit_kwargs=vit_kwargs
+        )
         self.adapter = DINOv3Adapter(
             vit,
             interaction_indexes=list(interaction_indexes),
@@ -144,3 +208,65 @@ class D2DINOv3Backbone(Backbone):
     @property
     def padding_constraints(self) -> Dict[str, int]:
         return {"size_divisibility": SIZE_DIVISIBILITY, "square_size": 0}
+
+
+@BACKBONE_REGISTRY.register()
+class D2DINOv3ViTBackbone(Backbone):
+    """Frozen DINOv3 ViT without adapter as a detectron2 :class:`Backbone` (linear probing).
+
+    Outputs the final-norm patch grids of the last ``num_layers`` blocks, ``layer0`` (earliest)
+    .. ``layer{N-1}`` (last block), each ``[B, embed_dim, H/16, W/16]``. Nothing is trainable.
+    """
+
+    def __init__(
+        self,
+        *,
+        preset: Optional[str],
+        weights: Optional[str] = None,
+        init_seed: Optional[int] = None,
+        vit_kwargs: Optional[Dict[str, Any]] = None,
+        num_layers: int = 1,
+    ):
+        """
+        Args:
+            preset: DINOv3 preset name or None for a custom ViT described by ``vit_kwargs``.
+            weights: local DINOv3 weights (see :class:`D2DINOv3Backbone`); None = random init.
+            init_seed: seed of the random init when ``weights`` is None.
+            vit_kwargs: overrides passed to ``build_dinov3``.
+            num_layers: number of last blocks returned (official linear heads: 1 or 4).
+        """
+        super().__init__()
+        self.vit = build_frozen_vit(
+            preset=preset, weights=weights, init_seed=init_seed, vit_kwargs=vit_kwargs
+        )
+        if self.vit.patch_size != VIT_STRIDE:
+            raise ValueError(
+                f"vit_kwargs: patch_size must be {VIT_STRIDE}, got {self.vit.patch_size}"
+            )
+        if not 1 <= num_layers <= self.vit.n_blocks:
+            raise ValueError(
+                f"num_layers must be in [1, {self.vit.n_blocks}] (the ViT depth), got {num_layers}"
+            )
+        self.num_layers = num_layers
+        self._out_features = vit_feature_names(num_layers)
+        self._out_feature_strides = {k: VIT_STRIDE for k in self._out_features}
+        self._out_feature_channels = {k: self.vit.embed_dim for k in self._out_features}
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """
+        Args:
+            x: normalized images [B, 3, H, W], H and W multiples of 16.
+
+        Returns:
+            dict ``layer0..layer{N-1}`` -> [B, D, H/16, W/16].
+        """
+        grids = self.vit.get_intermediate_layers(x, n=self.num_layers, reshape=True, norm=True)
+        return dict(zip(self._out_features, grids))
+
+    @property
+    def size_divisibility(self) -> int:
+        return VIT_STRIDE
+
+    @property
+    def padding_constraints(self) -> Dict[str, int]:
+        return {"size_divisibility": VIT_STRIDE, "square_size": 0}

@@ -3,10 +3,16 @@
 A frozen DINOv3 ViT (up to 7B parameters) is rebuilt from its own weights file (or from a seeded
 random init), so by default checkpoints hold only the trainable modules plus the
 optimizer/scheduler/trainer state. ``full=True`` stores everything. Loading accepts either kind.
+
+Modules frozen by the config (``train.trainable`` / ``train.freeze``) are NOT left out: their
+weights come from ``train.init_checkpoint`` and could not be rebuilt from the config alone, so
+``tools/train_net.py`` passes the frozen-by-construction prefixes (computed before the config
+freezes anything) as ``exclude_prefixes``. Every checkpoint thus restores the whole model when
+loaded into a fresh model built from the same config.
 """
 import logging
 import os
-from typing import Any, Dict, List, Set
+from typing import Any, Dict, List, Optional, Sequence, Set
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -64,6 +70,7 @@ class TrainableCheckpointer(DetectionCheckpointer):
         *,
         full: bool = False,
         strict: bool = False,
+        exclude_prefixes: Optional[Sequence[str]] = None,
         **kwargs,
     ):
         """
@@ -74,14 +81,22 @@ class TrainableCheckpointer(DetectionCheckpointer):
             strict: raise when a loaded checkpoint lacks trainable keys, has unknown keys or
                 shapes that differ (set it when resuming or evaluating; leave it off to
                 initialize from a partial checkpoint).
+            exclude_prefixes: state-dict prefixes (with trailing dot) left out of trainable-only
+                checkpoints; None = :func:`frozen_state_prefixes` of the model at save/load
+                time. Pass the value computed before freezing anything by config, so that
+                config-frozen modules are still saved.
             kwargs: checkpointables and ``save_to_disk``, as for DetectionCheckpointer.
         """
         super().__init__(model, save_dir, **kwargs)
         self.full = full
         self.strict = strict
+        self.exclude_prefixes = list(exclude_prefixes) if exclude_prefixes is not None else None
 
     def _frozen_keys(self) -> Set[str]:
-        prefixes = tuple(frozen_state_prefixes(self.model))
+        if self.exclude_prefixes is None:
+            prefixes = tuple(frozen_state_prefixes(self.model))
+        else:
+            prefixes = tuple(self.exclude_prefixes)
         if not prefixes:
             return set()
         return {k for k in self.model.state_dict() if k.startswith(prefixes)}

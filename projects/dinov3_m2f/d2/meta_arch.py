@@ -1,5 +1,6 @@
-"""Detectron2 meta-architecture: frozen DINOv3 + adapter backbone, Mask2Former head, semantic
-segmentation losses and whole-image / sliding-window / TTA inference."""
+"""Detectron2 meta-architectures on a frozen DINOv3 backbone: the shared semantic-segmentation base
+(input normalization, padding, whole-image / sliding-window / TTA inference, resizing to the
+original size) and the Mask2Former model built on it."""
 import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -16,29 +17,28 @@ from dinov3_m2f.modeling.targets import prepare_targets
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DINOv3Mask2Former"]
+__all__ = ["DINOv3Mask2Former", "DINOv3SemSegBase"]
 
 TEST_MODES = ("whole", "slide", "tta")
 # Images come as 0..255 pixel values; NORMALIZATION holds mean/std on the 0..1 scale.
 PIXEL_SCALE = 255.0
 
 
-@META_ARCH_REGISTRY.register()
-class DINOv3Mask2Former(nn.Module):
-    """Mask2Former for semantic segmentation on a frozen DINOv3 backbone.
+class DINOv3SemSegBase(nn.Module):
+    """Shared part of the semantic-segmentation meta-architectures.
 
-    Training input: detectron2 dicts with ``"image"`` ([3, H, W] RGB, 0..255) and ``"sem_seg"``
-    ([H, W] int64, ``ignore_value`` = no label). Returns the weighted losses.
-    Inference output: ``[{"sem_seg": [C, height, width] scores}]`` at the size given by the
-    dict's ``"height"``/``"width"`` (default: the input size).
+    Subclasses implement ``_forward_train(batched_inputs) -> losses`` and
+    ``_predict_scores(images) -> [B, C, h, w]`` class probabilities for normalized images whose size
+    meets the backbone's padding constraint. This class handles the detectron2 input dicts
+    (``"image"`` [3, H, W] RGB 0..255, ``"sem_seg"`` [H, W] int64, optional ``"height"``/``"width"``),
+    normalization, padding and the test modes; inference returns
+    ``[{"sem_seg": [C, height, width] scores}]``.
     """
 
     def __init__(
         self,
         *,
         backbone: Backbone,
-        sem_seg_head: nn.Module,
-        criterion: nn.Module,
         num_classes: int,
         normalization: str = "lvd1689m",
         ignore_value: int = 255,
@@ -50,10 +50,7 @@ class DINOv3Mask2Former(nn.Module):
     ):
         """
         Args:
-            backbone: a detectron2 Backbone returning ``res2..res5`` (``D2DINOv3Backbone``).
-            sem_seg_head: module mapping the features to ``{"pred_logits", "pred_masks",
-                "aux_outputs"}`` (``Mask2FormerHead``).
-            criterion: ``SetCriterion``; its ``weight_dict`` weights the returned losses.
+            backbone: a detectron2 Backbone with ``padding_constraints``.
             num_classes: number of semantic classes C.
             normalization: weight family whose pixel mean/std normalize the input
                 (a key of ``dinov3_m2f.modeling.dinov3.NORMALIZATION``: "lvd1689m", "sat493m").
@@ -77,11 +74,7 @@ class DINOv3Mask2Former(nn.Module):
             raise ValueError("test_mode='slide' needs slide_crop_size and slide_stride")
         if (slide_crop_size is None) != (slide_stride is None):
             raise ValueError("slide_crop_size and slide_stride must be given together")
-        if not hasattr(criterion, "weight_dict"):
-            raise TypeError("criterion must have a weight_dict (e.g. SetCriterion)")
         self.backbone = backbone
-        self.sem_seg_head = sem_seg_head
-        self.criterion = criterion
         self.num_classes = num_classes
         self.ignore_value = ignore_value
         self.test_mode = test_mode
@@ -122,6 +115,14 @@ class DINOv3Mask2Former(nn.Module):
         return [self._inference_one(x) for x in batched_inputs]
 
     def _forward_train(self, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _predict_scores(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities [B, C, h, w] for normalized, constraint-sized images [B, 3, h, w]."""
+        raise NotImplementedError
+
+    def _training_batch(self, batched_inputs: List[Dict]) -> Tuple[ImageList, List[torch.Tensor]]:
+        """Normalized, padded images and the label maps (on the model's device) of a batch."""
         if any("sem_seg" not in x for x in batched_inputs):
             raise ValueError("training inputs need a 'sem_seg' label map")
         images = ImageList.from_tensors(
@@ -129,16 +130,7 @@ class DINOv3Mask2Former(nn.Module):
             self.size_divisibility,
             padding_constraints=self.backbone.padding_constraints,
         )
-        outputs = self.sem_seg_head(self.backbone(images.tensor))
-        targets = prepare_targets(
-            [x["sem_seg"].to(self.device) for x in batched_inputs],
-            num_classes=self.num_classes,
-            ignore_value=self.ignore_value,
-            padded_size=tuple(images.tensor.shape[-2:]),
-        )
-        losses = self.criterion(outputs, targets)
-        weights = self.criterion.weight_dict
-        return {name: loss * weights[name] for name, loss in losses.items()}
+        return images, [x["sem_seg"].to(self.device) for x in batched_inputs]
 
     def _predict_padded(self, images: torch.Tensor) -> torch.Tensor:
         """Class scores [B, C, h, w] for normalized images [B, 3, h, w] of any size."""
@@ -146,11 +138,7 @@ class DINOv3Mask2Former(nn.Module):
         div = self.size_divisibility
         pad_h, pad_w = -height % div, -width % div
         padded = F.pad(images, (0, pad_w, 0, pad_h))  # [B, 3, h + pad_h, w + pad_w]
-        outputs = self.sem_seg_head(self.backbone(padded))
-        scores = semantic_probs(
-            outputs["pred_logits"], outputs["pred_masks"], output_size=tuple(padded.shape[-2:])
-        )
-        return scores[:, :, :height, :width]
+        return self._predict_scores(padded)[:, :, :height, :width]
 
     def _predict_view(self, images: torch.Tensor) -> torch.Tensor:
         """One view: sliding windows when configured, else the padded whole image."""
@@ -182,3 +170,58 @@ class DINOv3Mask2Former(nn.Module):
         out_h = inputs.get("height", height)
         out_w = inputs.get("width", width)
         return {"sem_seg": sem_seg_postprocess(scores[0], (height, width), out_h, out_w)}
+
+
+@META_ARCH_REGISTRY.register()
+class DINOv3Mask2Former(DINOv3SemSegBase):
+    """Mask2Former for semantic segmentation on a frozen DINOv3 backbone.
+
+    Training input: detectron2 dicts with ``"image"`` ([3, H, W] RGB, 0..255) and ``"sem_seg"``
+    ([H, W] int64, ``ignore_value`` = no label). Returns the weighted losses.
+    Inference output: ``[{"sem_seg": [C, height, width] scores}]`` at the size given by the
+    dict's ``"height"``/``"width"`` (default: the input size).
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        sem_seg_head: nn.Module,
+        criterion: nn.Module,
+        num_classes: int,
+        **kwargs,
+    ):
+        """
+        Args:
+            backbone: a detectron2 Backbone returning ``res2..res5`` (``D2DINOv3Backbone``).
+            sem_seg_head: module mapping the features to ``{"pred_logits", "pred_masks",
+                "aux_outputs"}`` (``Mask2FormerHead``).
+            criterion: ``SetCriterion``; its ``weight_dict`` weights the returned losses.
+            num_classes: number of semantic classes C.
+            kwargs: normalization, ignore value and test-mode arguments of
+                :class:`DINOv3SemSegBase`.
+        """
+        super().__init__(backbone=backbone, num_classes=num_classes, **kwargs)
+        if not hasattr(criterion, "weight_dict"):
+            raise TypeError("criterion must have a weight_dict (e.g. SetCriterion)")
+        self.sem_seg_head = sem_seg_head
+        self.criterion = criterion
+
+    def _forward_train(self, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor]:
+        images, sem_segs = self._training_batch(batched_inputs)
+        outputs = self.sem_seg_head(self.backbone(images.tensor))
+        targets = prepare_targets(
+            sem_segs,
+            num_classes=self.num_classes,
+            ignore_value=self.ignore_value,
+            padded_size=tuple(images.tensor.shape[-2:]),
+        )
+        losses = self.criterion(outputs, targets)
+        weights = self.criterion.weight_dict
+        return {name: loss * weights[name] for name, loss in losses.items()}
+
+    def _predict_scores(self, images: torch.Tensor) -> torch.Tensor:
+        outputs = self.sem_seg_head(self.backbone(images))
+        return semantic_probs(
+            outputs["pred_logits"], outputs["pred_masks"], output_size=tuple(images.shape[-2:])
+        )  # [B, C, h, w]

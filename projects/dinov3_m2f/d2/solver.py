@@ -1,7 +1,8 @@
-"""Optimizer parameter groups for a model whose backbone is frozen.
+"""Which parameters train, and their optimizer parameter groups.
 
-Only trainable parameters get an entry: the frozen DINOv3 ViT never reaches the optimizer, so it
-carries no optimizer state and never appears in a checkpoint's optimizer section.
+Only trainable parameters get an entry: the frozen DINOv3 ViT (and anything frozen by the config's
+``train.trainable`` / ``train.freeze``) never reaches the optimizer, so it carries no optimizer
+state and never appears in a checkpoint's optimizer section.
 """
 import logging
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -20,16 +21,89 @@ NORM_MODULE_TYPES: Tuple[type, ...] = (
 )
 # Parameter names (last component) that are embeddings rather than weights.
 DEFAULT_NO_DECAY_NAMES: Tuple[str, ...] = ("level_embed", "query_feat", "query_embed")
+# set_trainable lists the trained parameter names in the log up to this many.
+MAX_NAMES_LOGGED = 20
+
+
+def _matches(name: str, prefix: str) -> bool:
+    """Whether the dotted ``name`` is ``prefix`` or lies under it."""
+    return name == prefix or name.startswith(prefix + ".")
 
 
 def _lr_multiplier(name: str, lr_multipliers: Mapping[str, float]) -> float:
     """The multiplier of the longest prefix of ``name`` in ``lr_multipliers`` (1.0 if none)."""
     best_prefix, best_value = "", 1.0
     for prefix, value in lr_multipliers.items():
-        matches = name == prefix or name.startswith(prefix + ".")
-        if matches and len(prefix) > len(best_prefix):
+        if _matches(name, prefix) and len(prefix) > len(best_prefix):
             best_prefix, best_value = prefix, float(value)
     return best_value
+
+
+def set_trainable(
+    model: nn.Module,
+    *,
+    trainable: Optional[Sequence[str]] = None,
+    freeze: Sequence[str] = (),
+) -> List[str]:
+    """Freeze parameters by module-name prefix (applied before the optimizer is built).
+
+    ``trainable`` restricts training to the named modules: every parameter outside them gets
+    ``requires_grad=False``; parameters inside keep their flag, so a module frozen by construction
+    (the DINOv3 ViT) stays frozen. ``freeze`` then freezes the named modules. Modules left without
+    any trainable parameter should run in eval mode (BatchNorm statistics and dropout frozen too);
+    their names are returned for that.
+
+    Args:
+        model: the (unwrapped) model.
+        trainable: module-name prefixes to train (e.g. ``["sem_seg_head.predictor.class_embed"]``);
+            None = no restriction.
+        freeze: module-name prefixes to freeze (e.g. ``["backbone.adapter"]``).
+
+    Returns:
+        Names of the largest submodules frozen by this call whose parameters are now all frozen.
+
+    Raises:
+        ValueError: a prefix names no module, a ``trainable`` prefix holds no trainable parameter
+            or nothing is left to train.
+    """
+    module_names = {name for name, _ in model.named_modules() if name}
+    for option, prefixes in (("train.trainable", trainable or ()), ("train.freeze", freeze)):
+        unknown = sorted(p for p in prefixes if p not in module_names)
+        if unknown:
+            raise ValueError(f"{option}: no module named {unknown} in {type(model).__name__}")
+    was_trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    if trainable is not None:
+        for prefix in trainable:
+            if not any(_matches(n, prefix) for n in was_trainable):
+                raise ValueError(
+                    f"train.trainable: module {prefix!r} has no trainable parameter "
+                    "(it is frozen by construction)"
+                )
+        for name, param in model.named_parameters():
+            if not any(_matches(name, prefix) for prefix in trainable):
+                param.requires_grad_(False)
+    for name, param in model.named_parameters():
+        if any(_matches(name, prefix) for prefix in freeze):
+            param.requires_grad_(False)
+    now_trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    if not now_trainable:
+        raise ValueError("train.trainable / train.freeze leave no trainable parameter")
+    newly_frozen = was_trainable - now_trainable
+    frozen_modules: List[str] = []
+    for name, module in model.named_modules():
+        if not name or any(_matches(name, m) for m in frozen_modules):
+            continue
+        params = [f"{name}.{n}" for n, _ in module.named_parameters()]
+        if params and not set(params) & now_trainable and set(params) & newly_frozen:
+            frozen_modules.append(name)
+    if newly_frozen:
+        logger.info(
+            "Config froze %d parameter tensors; training %d: %s",
+            len(newly_frozen),
+            len(now_trainable),
+            sorted(now_trainable) if len(now_trainable) <= MAX_NAMES_LOGGED else "...",
+        )
+    return frozen_modules
 
 
 def get_param_groups(
