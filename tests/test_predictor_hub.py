@@ -11,7 +11,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from dinov3_m2f.d2.predictor import SemSegPredictor, load_config  # noqa: E402
+from dinov3_m2f.d2.config import load_config  # noqa: E402
+from dinov3_m2f.d2.predictor import SemSegPredictor  # noqa: E402
 from dinov3_m2f.data.synthetic import SYNTHETIC_CLASSES  # noqa: E402
 from helpers import load_tool  # noqa: E402
 

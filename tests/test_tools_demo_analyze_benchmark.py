@@ -16,7 +16,7 @@ from detectron2.config import instantiate  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
 
-from dinov3_m2f.d2.predictor import load_config  # noqa: E402
+from dinov3_m2f.d2.config import load_config  # noqa: E402
 from dinov3_m2f.layers import _extension, ms_deform_attn  # noqa: E402
 from helpers import load_tool  # noqa: E402
 

@@ -19,6 +19,7 @@ from detectron2.engine import hooks  # noqa: E402
 from torch import nn  # noqa: E402
 
 from dinov3_m2f.d2.checkpoint import TrainableCheckpointer, frozen_state_prefixes  # noqa: E402
+from dinov3_m2f.d2.config import check_override_keys  # noqa: E402
 from dinov3_m2f.d2.engine import SegTrainer  # noqa: E402
 from dinov3_m2f.d2.solver import get_param_groups  # noqa: E402
 
@@ -153,13 +154,15 @@ def test_trainer_steps_with_amp_and_clipping(amp_dtype):
 
 
 def test_unknown_override_key_is_named():
-    train_net = _load_train_net()
     cfg = LazyConfig.load(CONFIG)
-    train_net.check_override_keys(cfg, ["train.max_iter=3", "model.sem_seg_head.dropout=0.1"])
-    with pytest.raises(KeyError, match="train.max_iterz"):
-        train_net.check_override_keys(cfg, ["train.max_iterz=3"])
-    with pytest.raises(KeyError, match="model.sem_seg_head.dropoutz"):
-        train_net.check_override_keys(cfg, ["model.sem_seg_head.dropoutz=0.1"])
+    # optional constructor arguments left at their default are accepted, also when the model's
+    # __init__ forwards **kwargs to its base class (test_mode is an argument of the base)
+    check_override_keys(
+        cfg, ["train.max_iter=3", "model.sem_seg_head.dropout=0.1", "model.test_mode=slide"]
+    )
+    for key in ("train.max_iterz", "model.sem_seg_head.dropoutz", "model.test_modez"):
+        with pytest.raises(KeyError, match=key):
+            check_override_keys(cfg, [f"{key}=3"])
 
 
 # ---------------------------------------------------------------- end-to-end (subprocesses)

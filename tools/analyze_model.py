@@ -38,7 +38,7 @@ from detectron2.utils.analysis import FlopCountAnalysis
 from fvcore.nn.jit_handles import get_shape
 from torch import nn
 
-from dinov3_m2f.d2.predictor import load_config
+from dinov3_m2f.d2.config import load_config
 
 logger = logging.getLogger(__name__)
 

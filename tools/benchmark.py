@@ -38,7 +38,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from dinov3_m2f.d2.engine import SegTrainer
-from dinov3_m2f.d2.predictor import load_config
+from dinov3_m2f.d2.config import load_config
 
 logger = logging.getLogger(__name__)
 

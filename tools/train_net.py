@@ -18,23 +18,22 @@ Examples:
     python tools/train_net.py --config-file <cfg> --resume
     python tools/train_net.py --config-file <cfg> --eval-only train.init_checkpoint=<model.pth>
 """
-import inspect
 import json
 import logging
 import os
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 from detectron2.engine import default_argument_parser, default_setup, default_writers, hooks, launch
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
-from detectron2.utils.registry import locate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 import dinov3_m2f.d2  # noqa: F401  (registers the backbone, meta-architecture and datasets)
+from dinov3_m2f.d2.config import load_config
 from dinov3_m2f.d2.checkpoint import TrainableCheckpointer, frozen_state_prefixes
 from dinov3_m2f.d2.engine import (
     AMP_DTYPES,
@@ -51,39 +50,6 @@ from dinov3_m2f.d2.solver import set_trainable
 logger = logging.getLogger("detectron2")
 
 EVAL_RESULTS_FILE = "eval_results.json"
-_MISSING = object()
-
-
-def _accepts_kwarg(target, name: str) -> bool:
-    """Whether the callable ``target`` of a LazyCall node accepts keyword ``name``."""
-    if isinstance(target, str):
-        target = locate(target)
-    params = inspect.signature(target).parameters
-    if name in params:
-        return True
-    return any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
-def check_override_keys(cfg: DictConfig, overrides: List[str]) -> None:
-    """Raise KeyError for a ``key=value`` override that names nothing the config knows.
-
-    A key is accepted when it exists in the config, or when its parent is a LazyCall node whose
-    target accepts it as a keyword argument (e.g. an optional constructor argument).
-
-    Args:
-        cfg: the loaded config.
-        overrides: the ``key=value`` strings from the command line.
-    """
-    for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
-        if OmegaConf.select(cfg, key, default=_MISSING) is not _MISSING:
-            continue
-        parent_key, _, leaf = key.rpartition(".")
-        parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg
-        if isinstance(parent, DictConfig) and "_target_" in parent:
-            if _accepts_kwarg(parent._target_, leaf):
-                continue
-        raise KeyError(f"Config override '{override}': the config has no key '{key}'")
 
 
 def do_test(cfg: DictConfig, model: nn.Module) -> Dict:
@@ -223,9 +189,7 @@ def do_eval_only(cfg: DictConfig) -> Dict:
 
 
 def main(args) -> None:
-    cfg = LazyConfig.load(args.config_file)
-    check_override_keys(cfg, args.opts)
-    cfg = LazyConfig.apply_overrides(cfg, args.opts)
+    cfg = load_config(args.config_file, overrides=args.opts)
     default_setup(cfg, args)
     # default_setup configures the "detectron2" and "fvcore" loggers; ours logs too.
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="dinov3_m2f")

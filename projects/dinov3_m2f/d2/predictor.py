@@ -14,73 +14,33 @@ Example::
     labels, probs = predictor(rgb_array, return_probs=True)  # probs: [C, H, W] float32
     predictor.class_names[labels[0, 0]]
 """
-import inspect
 import logging
 import os
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
-from detectron2.utils.registry import locate
 from omegaconf import DictConfig, OmegaConf
 from PIL import UnidentifiedImageError
 from torch import nn
 
 from .checkpoint import TrainableCheckpointer
+from .config import load_config
 from .datasets import register_all
 from .engine import AMP_DTYPES
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SemSegPredictor", "load_config", "read_rgb_image"]
+__all__ = ["SemSegPredictor", "read_rgb_image"]
 
-_MISSING = object()
 # Accepted values of ``autocast``: "auto" follows cfg.train.amp on CUDA and is off on CPU.
 AUTOCAST_CHOICES = ("auto", "none", *AMP_DTYPES)
 _UINT8_CHANNELS = 3
-
-
-def _accepts_kwarg(target, name: str) -> bool:
-    if isinstance(target, str):
-        target = locate(target)
-    params = inspect.signature(target).parameters
-    return name in params or any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
-def load_config(config_file: str, *, overrides: Sequence[str] = ()) -> DictConfig:
-    """Load a LazyConfig and apply ``key=value`` overrides, rejecting keys the config lacks.
-
-    A key is accepted when it exists in the config, or when its parent is a LazyCall node whose
-    target takes it as a keyword argument (an optional constructor argument left at its default).
-
-    Args:
-        config_file: path of the LazyConfig ``.py`` file.
-        overrides: ``key=value`` strings (Hydra override syntax, as on the train_net command line).
-
-    Returns:
-        The config with the overrides applied.
-    """
-    if not os.path.isfile(config_file):
-        raise FileNotFoundError(f"config_file {config_file} does not exist")
-    cfg = LazyConfig.load(config_file)
-    for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
-        if OmegaConf.select(cfg, key, default=_MISSING) is not _MISSING:
-            continue
-        parent_key, _, leaf = key.rpartition(".")
-        parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg
-        if not (
-            isinstance(parent, DictConfig)
-            and "_target_" in parent
-            and _accepts_kwarg(parent._target_, leaf)
-        ):
-            raise KeyError(f"Config override '{override}': {config_file} has no key '{key}'")
-    return LazyConfig.apply_overrides(cfg, list(overrides))
 
 
 def read_rgb_image(path: str) -> np.ndarray:
