@@ -114,7 +114,7 @@ def test_errors_name_the_file(fixture, tmp_path):
         tool.main([not_dict, str(tmp_path / "out.pth")])
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="cannot read checkpoint .*garbage.pth"):
+    with pytest.raises(ValueError, match="Could not read checkpoint .*garbage.pth"):
         tool.main([str(garbage), str(tmp_path / "out.pth")])
     head_only = _save(fixture["head_state_dict"], tmp_path / "m2f_head.pth")
     with pytest.raises(ValueError, match="m2f_head.pth is a head-only checkpoint"):

@@ -68,7 +68,7 @@ def test_convert_weights_refuses_code_in_pickle(tmp_path):
     marker = tmp_path / "code_ran"
     path = write_code_executing_checkpoint(tmp_path / "evil.pth", marker)
     out = tmp_path / "converted.pth"
-    with pytest.raises(ValueError, match=r"cannot read checkpoint .*evil\.pth.*weights_only=True"):
+    with pytest.raises(ValueError, match=r"Could not read checkpoint .*evil\.pth.*weights_only=True"):
         tool.main([path, str(out)])
     assert not marker.exists() and not out.exists()
 

@@ -24,7 +24,6 @@ Examples:
 import argparse
 import logging
 import os
-import pickle
 import re
 import sys
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -37,7 +36,7 @@ from dinov3_m2f.modeling.official_weights import (
     convert_official_head_state_dict,
     convert_official_segmentor_state_dict,
 )
-from dinov3_m2f.utils import atomic_torch_save
+from dinov3_m2f.utils import atomic_torch_save, safe_torch_load
 
 logger = logging.getLogger("convert_weights")
 
@@ -84,10 +83,7 @@ def load_official_state_dict(path: str) -> StateDict:
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"input checkpoint {path} does not exist")
-    try:
-        loaded: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-        raise ValueError(f"cannot read checkpoint {path} with torch.load(weights_only=True): {e}") from e
+    loaded: Any = safe_torch_load(path)
     if not isinstance(loaded, dict):
         raise ValueError(f"checkpoint {path} holds a {type(loaded).__name__}, not a state dict")
     for wrapper in WRAPPER_KEYS:

@@ -30,7 +30,8 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image
 from tqdm import tqdm
 
-from dinov3_m2f.d2.predictor import SemSegPredictor, read_rgb_image
+from dinov3_m2f.d2.mapper import UnreadableImageError, read_image_or_raise
+from dinov3_m2f.d2.predictor import SemSegPredictor
 
 logger = logging.getLogger(__name__)
 
@@ -150,8 +151,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     skipped: List[str] = []
     for path in tqdm(files, desc="demo", unit="image", disable=len(files) == 1):
         try:
-            image = read_rgb_image(path)
-        except ValueError as e:
+            image = read_image_or_raise(path, image_format="RGB")
+        except UnreadableImageError as e:
             logger.warning("Skipping %s: %s", path, e)
             skipped.append(path)
             continue

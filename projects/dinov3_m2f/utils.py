@@ -1,12 +1,27 @@
 """Small file helpers shared by the library and the command-line tools (no detectron2)."""
 import contextlib
 import os
+import pickle
 import tempfile
 from typing import IO, Any, Iterator
 
 import torch
 
-__all__ = ["atomic_open", "atomic_torch_save"]
+__all__ = ["atomic_open", "atomic_torch_save", "safe_torch_load"]
+
+# What torch.load(weights_only=True) raises for a truncated, corrupt or foreign file, or for one
+# whose pickle asks for anything but tensors and plain containers (refused, never executed).
+TORCH_LOAD_ERRORS = (
+    pickle.UnpicklingError,
+    RuntimeError,
+    EOFError,
+    OSError,
+    ValueError,
+    IndexError,
+    KeyError,
+    AttributeError,
+    TypeError,
+)
 
 
 @contextlib.contextmanager
@@ -47,3 +62,22 @@ def atomic_torch_save(obj: Any, path: str) -> None:
     """
     with atomic_open(path, "wb", suffix=".pth") as f:
         torch.save(obj, f)
+
+
+def safe_torch_load(path: str, *, what: str = "checkpoint") -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with one error naming the file.
+
+    Args:
+        path: the file to read.
+        what: what the file is, for the error message (e.g. ``"DINOv3 checkpoint"``).
+
+    Returns:
+        The loaded object (tensors, numbers, strings and containers only).
+
+    Raises:
+        ValueError: the file is truncated, corrupt, not a torch file, or holds pickled code.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except TORCH_LOAD_ERRORS as exc:
+        raise ValueError(f"Could not read {what} {path} with torch.load(weights_only=True): {exc}") from exc

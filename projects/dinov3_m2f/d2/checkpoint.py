@@ -14,11 +14,10 @@ import logging
 import os
 from typing import Any, Dict, List, Optional, Sequence, Set
 
-import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
-from dinov3_m2f.utils import atomic_open, atomic_torch_save
+from dinov3_m2f.utils import atomic_open, atomic_torch_save, safe_torch_load
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +142,7 @@ class TrainableCheckpointer(DetectionCheckpointer):
 
             loaded: Dict[str, Any] = {"model": load_file(filename, device="cpu")}
         else:
-            loaded = torch.load(filename, map_location="cpu", weights_only=True)
+            loaded = safe_torch_load(filename)
             if not isinstance(loaded, dict):
                 raise ValueError(f"Checkpoint {filename} does not hold a dict")
             if "model" not in loaded:

@@ -54,7 +54,9 @@ def read_image_or_raise(path: str, *, image_format: str) -> np.ndarray:
         return utils.read_image(path, format=image_format)
     except FileNotFoundError as e:
         raise UnreadableImageError(f"image file {path} does not exist", path=path) from e
-    except OSError as e:  # PIL's UnidentifiedImageError and truncated-data errors
+    except (OSError, SyntaxError) as e:
+        # PIL raises OSError (UnidentifiedImageError included) for non-images and truncated data,
+        # and SyntaxError for some malformed headers.
         raise UnreadableImageError(f"cannot read image file {path}: {e}", path=path) from e
 
 

@@ -22,45 +22,24 @@ import numpy as np
 import torch
 from detectron2.config import instantiate
 from detectron2.data import MetadataCatalog
-from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
 from omegaconf import DictConfig, OmegaConf
-from PIL import UnidentifiedImageError
 from torch import nn
 
 from .checkpoint import TrainableCheckpointer
 from .config import load_config
 from .datasets import register_all
 from .engine import AMP_DTYPES
+from .mapper import read_image_or_raise
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SemSegPredictor", "read_rgb_image"]
+__all__ = ["SemSegPredictor"]
 
 # Accepted values of ``autocast``: "auto" follows cfg.train.amp on CUDA and is off on CPU.
 AUTOCAST_CHOICES = ("auto", "none", *AMP_DTYPES)
 _UINT8_CHANNELS = 3
-
-
-def read_rgb_image(path: str) -> np.ndarray:
-    """Read an image file as RGB uint8 [H, W, 3] (EXIF orientation applied).
-
-    Args:
-        path: image file.
-
-    Returns:
-        The image.
-
-    Raises:
-        ValueError: the file is missing, not an image, or truncated (the message names it).
-    """
-    try:
-        return utils.read_image(path, format="RGB")
-    except (OSError, UnidentifiedImageError, SyntaxError) as e:
-        # PIL raises OSError for missing/truncated files, UnidentifiedImageError (an OSError)
-        # for non-images and SyntaxError for some malformed headers.
-        raise ValueError(f"cannot read image {path}: {e}") from e
 
 
 def _test_dataset_name(cfg: DictConfig) -> str:
@@ -224,7 +203,7 @@ class SemSegPredictor:
 
     def _as_image(self, image: Union[np.ndarray, str]) -> np.ndarray:
         if isinstance(image, (str, os.PathLike)):
-            return read_rgb_image(os.fspath(image))
+            return read_image_or_raise(os.fspath(image), image_format="RGB")
         if not isinstance(image, np.ndarray):
             raise TypeError(f"image must be a path or a numpy array, got {type(image).__name__}")
         if image.ndim != 3 or image.shape[2] != _UINT8_CHANNELS or image.dtype != np.uint8:

@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from ...utils import safe_torch_load
 from .rope import compute_rope_periods
 from .vit import LAYER_NORM_EPS, DinoVisionTransformer
 
@@ -70,17 +71,6 @@ _QKV = ("q_proj", "k_proj", "v_proj")
 
 
 # ---------------------------------------------------------------------------- reading files
-def _torch_load(path: str) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    # A corrupt or foreign file can make the unpickler fail with almost any exception type
-    # (IndexError, KeyError, UnicodeDecodeError, ...); re-raise one error naming the file.
-    except Exception as exc:  # noqa: BLE001
-        raise ValueError(
-            f"Could not read DINOv3 checkpoint {path!r} with torch.load(weights_only=True): {exc}"
-        ) from exc
-
-
 def _safetensors_load(path: str) -> StateDict:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -168,7 +158,7 @@ def read_dinov3_checkpoint(path: PathLike) -> Tuple[StateDict, Optional[Dict[str
         raise FileNotFoundError(f"DINOv3 checkpoint {path!r} does not exist")
     if path.endswith(".safetensors"):
         return _strip_prefixes(_safetensors_load(path), path), None
-    return _strip_prefixes(_unwrap_state_dict(_torch_load(path), path), path), None
+    return _strip_prefixes(_unwrap_state_dict(safe_torch_load(path, what="DINOv3 checkpoint"), path), path), None
 
 
 # ---------------------------------------------------------------------------- HF <-> Meta keys
