@@ -77,8 +77,12 @@ def test_leaf_config_is_consistent(path):
     assert num_classes == cfg.dataloader.train.mapper.num_classes
     assert model_cfg.criterion.num_classes == num_classes
     assert model_cfg.sem_seg_head.num_classes == num_classes
-    register_all()
-    classes = MetadataCatalog.get(cfg.dataloader.evaluator.dataset_name).stuff_classes
+    eval_dataset = cfg.dataloader.evaluator.dataset_name
+    if isinstance(eval_dataset, str):
+        register_all()
+        classes = MetadataCatalog.get(eval_dataset).stuff_classes
+    else:  # a folder dataset: the registering call itself, with its class list
+        classes = eval_dataset.class_names
     assert len(classes) == num_classes
     preset = model_cfg.backbone.preset
     if preset is not None and _is_mask2former(model_cfg):
