@@ -18,7 +18,7 @@ released head). ``backbone_weights`` is the DINOv3 ViT weights file; it may be l
 """
 import os
 import sys
-from typing import Optional
+from typing import Callable, Optional
 
 dependencies = ["torch", "detectron2"]
 
@@ -45,80 +45,47 @@ def _predictor(
     )
 
 
-def m2f_synthetic_tiny(*, checkpoint: str, **kwargs) -> SemSegPredictor:
-    """Tiny seeded-random ViT + adapter + Mask2Former on the synthetic 7-class data
-    (``configs/synthetic/m2f_tiny_synthetic.py``); the ViT is rebuilt from its seed.
+def _entry_point(config: str, description: str, weights: str) -> Callable[..., SemSegPredictor]:
+    """A hub entry point that builds the predictor of ``configs/<config>``."""
 
-    Args:
-        checkpoint: checkpoint of a synthetic training run.
-        kwargs: see the module docstring.
+    def entry(
+        *, checkpoint: str, backbone_weights: Optional[str] = None, **kwargs
+    ) -> SemSegPredictor:
+        return _predictor(
+            config, checkpoint=checkpoint, backbone_weights=backbone_weights, **kwargs
+        )
 
-    Returns:
-        The predictor.
-    """
-    return _predictor(
-        "synthetic/m2f_tiny_synthetic.py", checkpoint=checkpoint, backbone_weights=None, **kwargs
-    )
-
-
-def m2f_vitl16_loveda(
-    *, checkpoint: str, backbone_weights: Optional[str] = None, **kwargs
-) -> SemSegPredictor:
-    """DINOv3 ViT-L/16 (SAT-493M) + Mask2Former on LoveDA, 512 sliding windows
-    (``configs/loveda/m2f_vitl16_sat493m_512.py``).
+    entry.__doc__ = f"""{description} (``configs/{config}``).
 
     Args:
         checkpoint: trainable-only or full checkpoint.
-        backbone_weights: ``dinov3_vitl16_pretrain_sat493m`` weights (needed with a
-            trainable-only checkpoint).
+        backbone_weights: {weights}
         kwargs: see the module docstring.
 
     Returns:
         The predictor.
     """
-    return _predictor(
-        "loveda/m2f_vitl16_sat493m_512.py",
-        checkpoint=checkpoint, backbone_weights=backbone_weights, **kwargs,
-    )
+    return entry
 
 
-def m2f_vitl16_ade20k(
-    *, checkpoint: str, backbone_weights: Optional[str] = None, **kwargs
-) -> SemSegPredictor:
-    """DINOv3 ViT-L/16 (LVD-1689M) + Mask2Former on ADE20K-150, 512 sliding windows
-    (``configs/ade20k/m2f_vitl16_lvd1689m_512.py``).
-
-    Args:
-        checkpoint: trainable-only or full checkpoint.
-        backbone_weights: ``dinov3_vitl16_pretrain_lvd1689m`` weights (needed with a
-            trainable-only checkpoint).
-        kwargs: see the module docstring.
-
-    Returns:
-        The predictor.
-    """
-    return _predictor(
-        "ade20k/m2f_vitl16_lvd1689m_512.py",
-        checkpoint=checkpoint, backbone_weights=backbone_weights, **kwargs,
-    )
-
-
-def m2f_vit7b16_ade20k_official_head(
-    *, checkpoint: str, backbone_weights: Optional[str] = None, **kwargs
-) -> SemSegPredictor:
-    """The released DINOv3 ViT-7B/16 Mask2Former ADE20K segmentor: 896 windows, 5-scale + flip
-    TTA, bf16 autocast on CUDA (``configs/ade20k/m2f_vit7b16_official_head_eval.py``).
-
-    Args:
-        checkpoint: the released head converted with ``tools/convert_weights.py``.
-        backbone_weights: ``dinov3_vit7b16_pretrain_lvd1689m`` weights (the converted head
-            does not hold the ViT).
-        kwargs: see the module docstring.
-
-    Returns:
-        The predictor.
-    """
-    return _predictor(
-        "ade20k/m2f_vit7b16_official_head_eval.py",
-        checkpoint=checkpoint, backbone_weights=backbone_weights, **kwargs,
-    )
+m2f_synthetic_tiny = _entry_point(
+    "synthetic/m2f_tiny_synthetic.py",
+    "Tiny seeded-random ViT + adapter + Mask2Former on the synthetic 7-class data",
+    "leave None: the ViT is rebuilt from its seed.",
+)
+m2f_vitl16_loveda = _entry_point(
+    "loveda/m2f_vitl16_sat493m_512.py",
+    "DINOv3 ViT-L/16 (SAT-493M) + Mask2Former on LoveDA, 512 sliding windows",
+    "``dinov3_vitl16_pretrain_sat493m`` weights (needed with a trainable-only checkpoint).",
+)
+m2f_vitl16_ade20k = _entry_point(
+    "ade20k/m2f_vitl16_lvd1689m_512.py",
+    "DINOv3 ViT-L/16 (LVD-1689M) + Mask2Former on ADE20K-150, 512 sliding windows",
+    "``dinov3_vitl16_pretrain_lvd1689m`` weights (needed with a trainable-only checkpoint).",
+)
+m2f_vit7b16_ade20k_official_head = _entry_point(
+    "ade20k/m2f_vit7b16_official_head_eval.py",
+    "The released DINOv3 ViT-7B/16 Mask2Former ADE20K segmentor (head converted with "
+    "tools/convert_weights.py): 896 windows, 5-scale + flip TTA, bf16 autocast on CUDA",
+    "``dinov3_vit7b16_pretrain_lvd1689m`` weights (the converted head does not hold the ViT).",
+)

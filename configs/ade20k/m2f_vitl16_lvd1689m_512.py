@@ -6,12 +6,9 @@ from ..common.optim import AdamW as optimizer
 from ..common.schedule import lr_multiplier
 from ..common.train import train
 
-# Model
+# Model: ViT-L/16 (the base preset); optimizer: the base AdamW (lr 1e-4, wd 0.05).
 model.num_classes = "${dataloader.train.mapper.num_classes}"
-model.normalization = "lvd1689m"
-model.backbone.preset = "vitl16"
 model.backbone.weights = "checkpoints/dinov3_vitl16_pretrain_lvd1689m.pth"
-model.sem_seg_head.input_shape.channels = 1024  # ViT-L embed_dim
 # Val images are resized to short edge 512 by the test loader; 512 windows, 2/3 overlap.
 model.test_mode = "slide"
 model.slide_crop_size = (512, 512)
@@ -23,7 +20,3 @@ lr_multiplier.warmup_length = 1500 / train.max_iter
 train.eval_period = 16000
 train.checkpointer.period = 16000
 train.output_dir = "./output/ade20k_m2f_vitl16_lvd1689m_512"
-
-# Optimizer: AdamW lr 1e-4, wd 0.05; grad clip 0.01 (train.clip_grad).
-optimizer.lr = 1e-4
-optimizer.weight_decay = 0.05

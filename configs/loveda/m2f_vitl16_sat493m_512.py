@@ -6,12 +6,10 @@ from ..common.optim import AdamW as optimizer
 from ..common.schedule import lr_multiplier
 from ..common.train import train
 
-# Model
+# Model: ViT-L/16 (the base preset); optimizer: the base AdamW (lr 1e-4, wd 0.05).
 model.num_classes = "${dataloader.train.mapper.num_classes}"
 model.normalization = "sat493m"
-model.backbone.preset = "vitl16"
 model.backbone.weights = "checkpoints/dinov3_vitl16_pretrain_sat493m.pth"
-model.sem_seg_head.input_shape.channels = 1024  # ViT-L embed_dim
 # 1024x1024 val images: 512 windows, 2/3 overlap -> 3x3 windows per image.
 model.test_mode = "slide"
 model.slide_crop_size = (512, 512)
@@ -24,7 +22,3 @@ lr_multiplier.warmup_length = 1500 / train.max_iter
 train.eval_period = 8000
 train.checkpointer.period = 8000
 train.output_dir = "./output/loveda_m2f_vitl16_sat493m_512"
-
-# Optimizer: AdamW lr 1e-4, wd 0.05 (Mask2Former); grad clip 0.01 (train.clip_grad).
-optimizer.lr = 1e-4
-optimizer.weight_decay = 0.05

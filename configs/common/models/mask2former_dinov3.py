@@ -2,28 +2,15 @@
 # segmentation. Leaf configs set num_classes, the preset/weights and head sizes.
 from detectron2.config import LazyCall as L
 
-from dinov3_m2f.d2 import D2DINOv3Backbone, DINOv3Mask2Former, dinov3_pyramid_shape
+from dinov3_m2f.d2 import DINOv3Mask2Former, dinov3_pyramid_shape
 from dinov3_m2f.modeling.criterion import SetCriterion, make_weight_dict
 from dinov3_m2f.modeling.mask2former_head import Mask2FormerHead
 from dinov3_m2f.modeling.matcher import HungarianMatcher
 
+from .dinov3_adapter_backbone import backbone
+
 model = L(DINOv3Mask2Former)(
-    backbone=L(D2DINOv3Backbone)(
-        preset="vitl16",
-        # Local DINOv3 weights file (.pth / .safetensors / HF folder); None = random init.
-        weights=None,
-        init_seed=None,
-        # "auto": SyncBN when several processes train, else BN.
-        norm="auto",
-        adapter_kwargs=dict(
-            conv_inplane=64,
-            n_points=4,
-            deform_num_heads=16,
-            drop_path_rate=0.3,
-            cffn_ratio=0.25,
-            deform_ratio=0.5,
-        ),
-    ),
+    backbone=backbone,
     sem_seg_head=L(Mask2FormerHead)(
         # Channels = ViT embed_dim (1024 for ViT-L).
         input_shape=L(dinov3_pyramid_shape)(channels=1024),

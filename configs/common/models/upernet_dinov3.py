@@ -1,29 +1,16 @@
-# Frozen DINOv3 ViT-L/16 + ViT-Adapter + UPerNet decode head, per-pixel cross-entropy. Same
-# backbone block as mask2former_dinov3.py; leaf configs set num_classes and the preset/weights.
+# Frozen DINOv3 ViT-L/16 + ViT-Adapter + UPerNet decode head, per-pixel cross-entropy. Leaf
+# configs set num_classes and the preset/weights.
 from detectron2.config import LazyCall as L
 
-from dinov3_m2f.d2 import D2DINOv3Backbone, DINOv3PixelSegmentor, dinov3_pyramid_shape
+from dinov3_m2f.d2 import DINOv3PixelSegmentor, dinov3_pyramid_shape
 from dinov3_m2f.d2 import feature_channels
 from dinov3_m2f.modeling.heads import UPerNetHead
 from dinov3_m2f.modeling.pixel_losses import PixelSegmentationLoss
 
+from .dinov3_adapter_backbone import backbone
+
 model = L(DINOv3PixelSegmentor)(
-    backbone=L(D2DINOv3Backbone)(
-        preset="vitl16",
-        # Local DINOv3 weights file (.pth / .safetensors / HF folder); None = random init.
-        weights=None,
-        init_seed=None,
-        # "auto": SyncBN when several processes train, else BN.
-        norm="auto",
-        adapter_kwargs=dict(
-            conv_inplane=64,
-            n_points=4,
-            deform_num_heads=16,
-            drop_path_rate=0.3,
-            cffn_ratio=0.25,
-            deform_ratio=0.5,
-        ),
-    ),
+    backbone=backbone,
     # res2..res5, fine to coarse (None = every backbone output in order).
     in_features=None,
     sem_seg_head=L(UPerNetHead)(
