@@ -2,6 +2,7 @@
 untrusted pickles in weight files, op device mismatches on CUDA."""
 import os
 import pickle
+import stat
 
 import pytest
 import torch
@@ -49,6 +50,14 @@ def test_crash_during_checkpoint_write_keeps_previous_file(tmp_path, monkeypatch
     with pytest.raises(_SimulatedCrash):
         atomic_torch_save({"w": torch.ones(1)}, str(fresh))
     assert not fresh.exists() and os.listdir(tmp_path) == ["model_final.pth"]
+
+
+def test_atomic_save_gives_the_permissions_of_a_plain_save(tmp_path):
+    plain = tmp_path / "plain.pth"
+    torch.save({"w": torch.ones(1)}, plain)
+    atomic = tmp_path / "atomic.pth"
+    atomic_torch_save({"w": torch.ones(1)}, str(atomic))
+    assert stat.S_IMODE(atomic.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
 
 
 def _empty_vit():

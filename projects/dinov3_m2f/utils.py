@@ -24,6 +24,17 @@ TORCH_LOAD_ERRORS = (
 )
 
 
+def _read_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+# Permissions of a new file as open(path, "w") would create it. The umask is read once, at import,
+# because reading it means setting it for an instant, which other threads would see.
+_NEW_FILE_MODE = 0o666 & ~_read_umask()
+
+
 @contextlib.contextmanager
 def atomic_open(path: str, mode: str = "wb", *, suffix: str = "") -> Iterator[IO]:
     """Open a temporary file next to ``path``; on success rename it over ``path``.
@@ -45,6 +56,8 @@ def atomic_open(path: str, mode: str = "wb", *, suffix: str = "") -> Iterator[IO
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp_path = tempfile.mkstemp(prefix=".tmp_", suffix=suffix, dir=folder)
     try:
+        # mkstemp creates the file private (0600); give it the permissions a plain open() would.
+        os.fchmod(fd, _NEW_FILE_MODE)
         with os.fdopen(fd, mode) as f:
             yield f
         os.replace(tmp_path, path)
