@@ -25,4 +25,4 @@ fi
 export FORCE_CUDA
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
 "$PYTHON" -m pip install -q --no-build-isolation --no-deps -e .
-"$PYTHON" -c "import torch, dinov3_m2f; print('dinov3_m2f ops:', torch.ops.dinov3_m2f)"
+"$PYTHON" -c "import torch, dinov3_m2f; print('dinov3_m2f op:', torch.ops.dinov3_m2f.ms_deform_attn_forward)"
