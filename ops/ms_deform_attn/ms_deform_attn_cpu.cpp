@@ -118,6 +118,9 @@ void backward_kernel(
             const acc_t a = in.weights[point];
             const CornerWeights<acc_t> w = corner_weights(pt);
             acc_t grad_a = 0, grad_x = 0, grad_y = 0;
+            // The three sums may be reordered across channels, which lets the compiler vectorize
+            // the loop (the grad_value rows of the four corners are distinct or the sink).
+#pragma omp simd reduction(+ : grad_a, grad_x, grad_y)
             for (int64_t c = 0; c < C; ++c) {
               const acc_t g = grad[c];
               accumulate_point_grads<acc_t>(
