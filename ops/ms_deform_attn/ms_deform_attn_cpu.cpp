@@ -43,18 +43,17 @@ void forward_kernel(
               continue;
             }
             const acc_t a = in.weights[point];
-            const acc_t corner_weight[4] = {
-                a * (1 - pt.fy) * (1 - pt.fx), a * (1 - pt.fy) * pt.fx,
-                a * pt.fy * (1 - pt.fx), a * pt.fy * pt.fx};
+            const CornerWeights<acc_t> w = corner_weights(pt);
+            const acc_t corner_weight[4] = {a * w.w00, a * w.w01, a * w.w10, a * w.w11};
             for (int k = 0; k < 4; ++k) {
               if (!pt.corner_inside(k)) {
                 continue;
               }
               const scalar_t* v =
                   level_value + pixel_offset(pt.y0 + k / 2, pt.x0 + k % 2, width) * token_stride;
-              const acc_t w = corner_weight[k];
+              const acc_t cw = corner_weight[k];
               for (int64_t c = 0; c < C; ++c) {
-                acc[c] += w * static_cast<acc_t>(v[c]);
+                acc[c] += cw * static_cast<acc_t>(v[c]);
               }
             }
           }

@@ -248,6 +248,7 @@ def convert_to_hf_state_dict(state_dict: Mapping[str, Tensor], *, layer_prefix: 
     """
     top = {ours: theirs for theirs, ours in _HF_TOP_RENAMES.items()}
     layer_renames = {ours: theirs for theirs, ours in _HF_LAYER_RENAMES.items()}
+    mlp_renames = {ours: theirs for theirs, ours in (*_HF_MLP_RENAMES.items(), *_HF_SWIGLU_RENAMES.items())}
     block_re = re.compile(r"^blocks\.(\d+)\.(.+)$")
     out: StateDict = {}
     for key, value in state_dict.items():
@@ -274,8 +275,7 @@ def convert_to_hf_state_dict(state_dict: Mapping[str, Tensor], *, layer_prefix: 
             elif module in layer_renames:
                 out[f"{prefix}{layer_renames[module]}.{param}"] = value
             elif module.startswith("mlp."):
-                renames = {ours: theirs for theirs, ours in (*_HF_MLP_RENAMES.items(), *_HF_SWIGLU_RENAMES.items())}
-                out[f"{prefix}mlp.{renames[module[len('mlp.'):]]}.{param}"] = value
+                out[f"{prefix}mlp.{mlp_renames[module[len('mlp.'):]]}.{param}"] = value
             else:
                 raise ValueError(f"No Hugging Face equivalent for DINOv3 key {key!r}")
     return out
@@ -381,5 +381,5 @@ def load_dinov3_weights(model: DinoVisionTransformer, path: PathLike) -> None:
     else:
         logger.info("Loading official-format DINOv3 weights from %s", path)
     _check_compatible(model, state_dict, path)
-    expected = model.state_dict()
-    model.load_state_dict({k: v for k, v in state_dict.items() if k in expected}, strict=False)
+    # Only optional keys can still be missing or unexpected here; strict=False skips them.
+    model.load_state_dict(state_dict, strict=False)
