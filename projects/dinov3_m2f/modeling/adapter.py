@@ -10,7 +10,7 @@ from torch.nn import functional as F
 from torch.utils import checkpoint
 
 from ..layers import MSDeformAttn
-from .blocks import DropPath, NormSpec, get_norm, grid_reference_points
+from .blocks import DropPath, NormSpec, get_norm, grid_reference_points, split_levels
 
 logger = logging.getLogger(__name__)
 
@@ -48,13 +48,8 @@ class DWConv(nn.Module):
         Returns:
             Tensor [B, N, C].
         """
-        batch, _, channels = x.shape
-        sizes = [h * w for h, w in level_shapes]
-        outs = []
-        for tokens, (height, width) in zip(x.split(sizes, dim=1), level_shapes):
-            fmap = tokens.transpose(1, 2).reshape(batch, channels, height, width)  # [B, C, h, w]
-            outs.append(self.dwconv(fmap).flatten(2).transpose(1, 2))  # [B, h*w, C]
-        return torch.cat(outs, dim=1)
+        maps = split_levels(x, level_shapes)  # each [B, C, h, w]
+        return torch.cat([self.dwconv(fmap).flatten(2).transpose(1, 2) for fmap in maps], dim=1)
 
 
 class ConvFFN(nn.Module):
@@ -420,18 +415,13 @@ class DINOv3Adapter(nn.Module):
         for block, feat in zip(self.interactions, vit_tokens):
             query = block(query, feat, reference_points, spatial_shapes, level_start_index, query_shapes)
 
-        dim = query.shape[-1]
-        sizes = [h * w for h, w in query_shapes]
-        c2, c3, c4 = [
-            tokens.transpose(1, 2).reshape(batch, dim, h, w)
-            for tokens, (h, w) in zip(query.split(sizes, dim=1), query_shapes)
-        ]
+        c2, c3, c4 = split_levels(query, query_shapes)  # [B, D, H/s, W/s] for s = 8, 16, 32
         c1 = c1 + self.up(c2)
         maps = [c1, c2, c3, c4]
 
         if self.add_vit_feature:
             for i, tokens in enumerate(vit_tokens):
-                vit_map = tokens.transpose(1, 2).reshape(batch, dim, *token_shape)  # [B, D, h, w]
+                (vit_map,) = split_levels(tokens, [token_shape])  # [B, D, h, w]
                 maps[i] = maps[i] + F.interpolate(
                     vit_map, size=maps[i].shape[-2:], mode="bilinear", align_corners=False
                 )

@@ -1,6 +1,6 @@
 """Small building blocks shared by the adapter and the Mask2Former head."""
 import logging
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -177,3 +177,21 @@ def grid_reference_points(shapes: Sequence[Tuple[int, int]], device: torch.devic
         grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")  # [h, w]
         points.append(torch.stack((grid_x.reshape(-1), grid_y.reshape(-1)), dim=-1))
     return torch.cat(points, dim=0)
+
+
+def split_levels(tokens: torch.Tensor, shapes: Sequence[Tuple[int, int]]) -> List[torch.Tensor]:
+    """Split flattened multi-level tokens back into one feature map per level.
+
+    Args:
+        tokens: [B, sum(h * w), C], levels concatenated in order, row-major inside a level.
+        shapes: (h, w) of every level, in token order.
+
+    Returns:
+        One map [B, C, h, w] per level.
+    """
+    batch, _, channels = tokens.shape
+    sizes = [h * w for h, w in shapes]
+    return [
+        level.transpose(1, 2).reshape(batch, channels, h, w)
+        for level, (h, w) in zip(tokens.split(sizes, dim=1), shapes)
+    ]

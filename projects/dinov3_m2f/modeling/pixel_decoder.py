@@ -8,7 +8,7 @@ from torch.nn import functional as F
 
 from ..layers import MSDeformAttn
 from .blocks import GROUP_NORM_GROUPS, ConvNormAct, NormSpec, c2_xavier_fill, channels_and_stride, get_norm
-from .blocks import grid_reference_points
+from .blocks import grid_reference_points, split_levels
 from .position_encoding import PositionEmbeddingSine
 
 logger = logging.getLogger(__name__)
@@ -205,8 +205,6 @@ class MSDeformAttnPixelDecoder(nn.Module):
             raise ValueError(f"input_shape {shapes} has no feature at common_stride={common_stride}")
         self.upsample_mode = upsample_mode
         self.force_fp32 = force_fp32
-        self.conv_dim = conv_dim
-        self.mask_dim = mask_dim
 
         self.input_convs = nn.ModuleList()
         for name in self.transformer_in_features:
@@ -266,12 +264,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
             pos.append(self.pe_layer(x).to(dtype))
 
         tokens, shapes = self.encoder(srcs, pos)  # [B, S, C]
-        batch, _, channels = tokens.shape
-        sizes = [h * w for h, w in shapes]
-        outs = [
-            level.transpose(1, 2).reshape(batch, channels, h, w)
-            for level, (h, w) in zip(tokens.split(sizes, dim=1), shapes)
-        ]  # coarsest first
+        outs = split_levels(tokens, shapes)  # each [B, C, h_l, w_l], coarsest first
 
         for lateral, output, name in zip(self.lateral_convs, self.output_convs, self.fpn_in_features):
             cur = lateral(features[name].to(dtype))  # [B, C, h, w]
