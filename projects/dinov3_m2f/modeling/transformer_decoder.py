@@ -82,19 +82,20 @@ class _ResidualLayer(nn.Module):
 
 
 class _AttentionLayer(_ResidualLayer):
-    """A residual ``nn.MultiheadAttention`` registered as ``attn_name`` (the official key name).
+    """A residual ``nn.MultiheadAttention`` stored as the subclass's ``attn_name`` (official key name).
 
     Args:
-        attn_name: attribute name of the attention module.
         d_model: channels.
         nhead: heads.
         dropout: attention and residual dropout.
         pre_norm: normalize before the attention instead of after the residual sum.
     """
 
-    def __init__(self, attn_name: str, d_model: int, nhead: int, *, dropout: float, pre_norm: bool):
+    attn_name: str
+
+    def __init__(self, d_model: int, nhead: int, *, dropout: float = 0.0, pre_norm: bool = False):
         super().__init__()
-        self.add_module(attn_name, nn.MultiheadAttention(d_model, nhead, dropout=dropout))
+        self.add_module(self.attn_name, nn.MultiheadAttention(d_model, nhead, dropout=dropout))
         self.norm = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
         self.pre_norm = pre_norm
@@ -111,10 +112,8 @@ class SelfAttentionLayer(_AttentionLayer):
         pre_norm: normalize before the attention instead of after the residual sum.
     """
 
+    attn_name = "self_attn"
     self_attn: nn.MultiheadAttention
-
-    def __init__(self, d_model: int, nhead: int, *, dropout: float = 0.0, pre_norm: bool = False):
-        super().__init__("self_attn", d_model, nhead, dropout=dropout, pre_norm=pre_norm)
 
     def forward(self, tgt: torch.Tensor, query_pos: torch.Tensor) -> torch.Tensor:
         """
@@ -143,10 +142,8 @@ class CrossAttentionLayer(_AttentionLayer):
         pre_norm: normalize before the attention instead of after the residual sum.
     """
 
+    attn_name = "multihead_attn"
     multihead_attn: nn.MultiheadAttention
-
-    def __init__(self, d_model: int, nhead: int, *, dropout: float = 0.0, pre_norm: bool = False):
-        super().__init__("multihead_attn", d_model, nhead, dropout=dropout, pre_norm=pre_norm)
 
     def forward(
         self,
