@@ -26,7 +26,8 @@ __all__ = ["SetCriterion", "make_weight_dict", "weighted_sigmoid_ce", "weighted_
 
 logger = logging.getLogger(__name__)
 
-LOSS_KEYS = {"labels": ("loss_ce",), "masks": ("loss_mask", "loss_dice")}
+# Loss groups: "labels" gives loss_ce, "masks" gives loss_mask and loss_dice.
+SUPPORTED_LOSSES = ("labels", "masks")
 
 
 def make_weight_dict(
@@ -119,9 +120,9 @@ class SetCriterion(nn.Module):
         importance_sample_ratio: float = 0.75,
     ):
         super().__init__()
-        unknown = [name for name in losses if name not in LOSS_KEYS]
+        unknown = [name for name in losses if name not in SUPPORTED_LOSSES]
         if unknown:
-            raise ValueError(f"unknown losses {unknown}; supported: {sorted(LOSS_KEYS)}")
+            raise ValueError(f"unknown losses {unknown}; supported: {list(SUPPORTED_LOSSES)}")
         if num_classes <= 0:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
         self.num_classes = num_classes
@@ -141,7 +142,6 @@ class SetCriterion(nn.Module):
         outputs: Dict[str, torch.Tensor],
         targets: Sequence[Dict[str, torch.Tensor]],
         indices: List[Tuple[torch.Tensor, torch.Tensor]],
-        num_masks: float,
     ) -> Dict[str, torch.Tensor]:
         """Cross-entropy over all queries; unmatched queries target the no-object class."""
         logits = outputs["pred_logits"].float()  # [B, Q, C + 1]
@@ -176,9 +176,7 @@ class SetCriterion(nn.Module):
         tgt_masks = torch.cat(
             [t["masks"][tgt.to(t["masks"].device)] for t, (_, tgt) in zip(targets, indices)]
         ).to(device, torch.float32)[:, None]  # [N, 1, H, W]
-        valid = torch.cat(
-            [t["valid"][None].expand(len(tgt), -1, -1) for t, (_, tgt) in zip(targets, indices)]
-        ).to(device)  # [N, H, W]
+        valid = torch.stack([t["valid"] for t in targets]).to(device)[batch_idx]  # [N, H, W]
 
         with torch.no_grad():
             coords = sample_uncertain_points(
@@ -233,14 +231,13 @@ class SetCriterion(nn.Module):
         *,
         suffix: str,
     ) -> Dict[str, torch.Tensor]:
-        layer_outputs = {"pred_logits": outputs["pred_logits"], "pred_masks": outputs["pred_masks"]}
-        indices = self.matcher(layer_outputs, targets)
-        loss_fns = {"labels": self.loss_labels, "masks": self.loss_masks}
+        indices = self.matcher(outputs, targets)
         losses = {}
-        for name in self.losses:
-            for key, value in loss_fns[name](layer_outputs, targets, indices, num_masks).items():
-                losses[key + suffix] = value
-        return losses
+        if "labels" in self.losses:
+            losses.update(self.loss_labels(outputs, targets, indices))
+        if "masks" in self.losses:
+            losses.update(self.loss_masks(outputs, targets, indices, num_masks))
+        return {key + suffix: value for key, value in losses.items()}
 
     @staticmethod
     def _num_masks(targets: Sequence[Dict[str, torch.Tensor]], device: torch.device) -> float:
