@@ -157,9 +157,12 @@ class HungarianMatcher(nn.Module):
             raise ValueError(
                 f"got {len(targets)} targets for a batch of {pred_logits.shape[0]} predictions"
             )
+        costs = [self.cost_matrix(pred_logits[b], pred_masks[b], t) for b, t in enumerate(targets)]  # [Q, K_b]
+        # One device-to-host copy (and sync) for the whole batch.
+        host = torch.cat([c.flatten() for c in costs]).cpu().split([c.numel() for c in costs])
         indices = []
-        for b, target in enumerate(targets):
-            cost = self.cost_matrix(pred_logits[b], pred_masks[b], target).cpu()  # [Q, K]
+        for b, (flat, device_cost) in enumerate(zip(host, costs)):
+            cost = flat.view(device_cost.shape)  # [Q, K_b] on the CPU
             if not torch.isfinite(cost).all():
                 raise RuntimeError(f"matching cost of image {b} is not finite; check the predictions")
             pred_idx, tgt_idx = linear_sum_assignment(cost.numpy())
