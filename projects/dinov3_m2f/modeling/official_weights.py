@@ -23,23 +23,23 @@ ADAPTER_PREFIX = "segmentation_model.0."
 BACKBONE_PREFIX = ADAPTER_PREFIX + "backbone."
 HEAD_PREFIX = "segmentation_model.1."
 
+# Section -> key prefix; the backbone prefix lies inside the adapter's, so it is tried first.
+SECTION_PREFIXES = {"backbone": BACKBONE_PREFIX, "adapter": ADAPTER_PREFIX, "head": HEAD_PREFIX}
+
 StateDict = Dict[str, torch.Tensor]
 
 
 def _split(state_dict: Mapping[str, torch.Tensor], *, what: str) -> Dict[str, StateDict]:
-    sections: Dict[str, StateDict] = {"backbone": {}, "adapter": {}, "head": {}}
+    sections: Dict[str, StateDict] = {name: {} for name in SECTION_PREFIXES}
     unknown = []
     for key, value in state_dict.items():
         if not isinstance(key, str):
             raise TypeError(f"{what}: state-dict keys must be strings, got {key!r}")
-        if key.startswith(BACKBONE_PREFIX):
-            sections["backbone"][key[len(BACKBONE_PREFIX) :]] = value
-        elif key.startswith(ADAPTER_PREFIX):
-            sections["adapter"][key[len(ADAPTER_PREFIX) :]] = value
-        elif key.startswith(HEAD_PREFIX):
-            sections["head"][key[len(HEAD_PREFIX) :]] = value
-        else:
+        section = next((name for name, prefix in SECTION_PREFIXES.items() if key.startswith(prefix)), None)
+        if section is None:
             unknown.append(key)
+        else:
+            sections[section][key[len(SECTION_PREFIXES[section]) :]] = value
     if unknown:
         raise ValueError(
             f"{what}: {len(unknown)} keys are outside '{ADAPTER_PREFIX}' / '{HEAD_PREFIX}', e.g. "
@@ -105,7 +105,7 @@ def load_converted_state_dict(
         adapter: a :class:`DINOv3Adapter` (its backbone is ``adapter.backbone``).
         head: a :class:`Mask2FormerHead`.
     """
-    unknown_sections = set(converted) - {"backbone", "adapter", "head"}
+    unknown_sections = set(converted) - set(SECTION_PREFIXES)
     if unknown_sections or not {"adapter", "head"} <= set(converted):
         raise ValueError(
             f"converted state dict must have 'adapter' and 'head' (and optionally 'backbone') sections, "
