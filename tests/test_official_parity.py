@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from dinov3_m2f.layers import MSDeformAttn
 from dinov3_m2f.layers import _extension
@@ -24,11 +23,11 @@ from dinov3_m2f.modeling.adapter import DINOv3Adapter
 from dinov3_m2f.modeling.dinov3 import build_dinov3, kwargs_from_official_config
 from dinov3_m2f.modeling.mask2former_head import Mask2FormerHead, official_dinov3_head_kwargs
 from dinov3_m2f.modeling.official_weights import (
-    BACKBONE_PREFIX,
     convert_official_head_state_dict,
     convert_official_segmentor_state_dict,
     load_converted_state_dict,
 )
+from dinov3_m2f.modeling.semantic_inference import semantic_probs
 
 FIXTURE = Path(__file__).parent / "fixtures" / "dinov3_segmentor.pt"
 # official adapter feature names "1".."4" -> ours
@@ -74,8 +73,7 @@ def _run(adapter, head, image):
     with torch.no_grad():
         features = adapter(image)
         out = head(features)
-    masks = F.interpolate(out["pred_masks"], size=image.shape[-2:], mode="bilinear", align_corners=False)
-    probs = torch.einsum("bqc,bqhw->bchw", out["pred_logits"].softmax(-1)[..., :-1], masks.sigmoid())
+    probs = semantic_probs(out["pred_logits"], out["pred_masks"], output_size=tuple(image.shape[-2:]))
     return features, out, probs
 
 
@@ -113,14 +111,10 @@ def test_segmentor_parity(fixture, impl):
 
 def test_head_checkpoint_format_gives_identical_outputs(fixture):
     full_adapter, full_head = _build(fixture["config"])
-    load_converted_state_dict(
-        convert_official_segmentor_state_dict(fixture["state_dict"]), adapter=full_adapter, head=full_head
-    )
+    full = convert_official_segmentor_state_dict(fixture["state_dict"])
+    load_converted_state_dict(full, adapter=full_adapter, head=full_head)
     adapter, head = _build(fixture["config"])
-    backbone_sd = {
-        k[len(BACKBONE_PREFIX) :]: v for k, v in fixture["state_dict"].items() if k.startswith(BACKBONE_PREFIX)
-    }
-    adapter.backbone.load_state_dict(backbone_sd, strict=True)
+    adapter.backbone.load_state_dict(full["backbone"], strict=True)
     load_converted_state_dict(convert_official_head_state_dict(fixture["head_state_dict"]), adapter=adapter, head=head)
 
     image = fixture["image"]

@@ -22,8 +22,6 @@ from dinov3_m2f.modeling.adapter import DINOv3Adapter
 from dinov3_m2f.modeling.dinov3 import INTERACTION_INDEXES, build_dinov3
 from dinov3_m2f.modeling.mask2former_head import Mask2FormerHead, official_dinov3_head_kwargs
 
-logger = logging.getLogger("benchmark_head")
-
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # Tiny model for a quick functional run (CPU, a few seconds).
 TINY_BACKBONE = dict(embed_dim=64, depth=4, num_heads=2, patch_size=16)
