@@ -26,6 +26,7 @@ with different paths an error. detectron2 registers ``ade20k_sem_seg_*`` and
 ``cityscapes_fine_sem_seg_*`` itself when ``detectron2.data`` is imported; those registrations are
 kept (only missing metadata such as ``stuff_colors`` is added).
 """
+import functools
 import logging
 import os
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -34,11 +35,18 @@ import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
 from detectron2.data.datasets.builtin_meta import ADE20K_SEM_SEG_CATEGORIES
 
-from dinov3_m2f.data.io import read_label_mask
+from dinov3_m2f.data.files import (
+    IMAGE_SUFFIXES,
+    MASK_SUFFIX,
+    datasets_root,
+    duplicate_message,
+    pair_image_mask_files,
+)
+from dinov3_m2f.data.io import IGNORE_VALUE, read_label_mask, shifted_label_map
 from dinov3_m2f.data.synthetic import (
+    CACHE_DIR_NAME,
     SYNTHETIC_CLASSES,
     SYNTHETIC_COLORS,
-    default_synthetic_root,
     ensure_synthetic_dataset,
 )
 
@@ -62,15 +70,11 @@ __all__ = [
     "register_synthetic",
 ]
 
-IGNORE_LABEL = 255
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-MASK_SUFFIX = ".png"
-
 # The synthetic dataset mirrors LoveDA's classes and palette.
 LOVEDA_CLASSES = SYNTHETIC_CLASSES
 LOVEDA_COLORS = SYNTHETIC_COLORS
 # LoveDA mask files: 0 = no-data (ignored), 1..7 = the classes above.
-LOVEDA_LABEL_MAP = {0: IGNORE_LABEL, **{raw: raw - 1 for raw in range(1, len(LOVEDA_CLASSES) + 1)}}
+LOVEDA_LABEL_MAP = shifted_label_map(len(LOVEDA_CLASSES))
 LOVEDA_DOMAINS = ("Urban", "Rural")
 
 CITYSCAPES_CLASSES = (
@@ -96,46 +100,15 @@ _PATH_KEYS = ("image_root", "sem_seg_root", "image_dir", "gt_dir")
 _MAX_LISTED = 10  # files named in one error message
 _PALETTE_SEED = 0  # seed of the generated palette for datasets without official colours
 
-SYNTHETIC_DIR = os.path.basename(default_synthetic_root())
+SYNTHETIC_DIR = CACHE_DIR_NAME
 LOVEDA_DIR = "LoveDA"
 ADE20K_DIR = "ADEChallengeData2016"
 CITYSCAPES_DIR = "cityscapes"
 
 
-def datasets_root() -> str:
-    """``$DETECTRON2_DATASETS`` with ``~`` expanded (default ``datasets``), like detectron2."""
-    return os.path.expanduser(os.environ.get("DETECTRON2_DATASETS", "datasets"))
-
-
 def _generated_colors(num_classes: int) -> List[Tuple[int, int, int]]:
     rng = np.random.default_rng(_PALETTE_SEED)
     return [tuple(int(c) for c in rgb) for rgb in rng.integers(0, 256, size=(num_classes, 3))]
-
-
-def _list_files(directory: str, suffixes: Sequence[str]) -> Dict[str, str]:
-    """Map "relative path minus suffix" -> path for files under ``directory`` ending in a suffix."""
-    found: Dict[str, str] = {}
-    for dirpath, dirnames, filenames in os.walk(directory):
-        dirnames.sort()
-        for filename in sorted(filenames):
-            suffix = next((s for s in suffixes if filename.lower().endswith(s)), None)
-            if suffix is None:
-                continue
-            path = os.path.join(dirpath, filename)
-            key = os.path.relpath(path, directory)[: -len(suffix)]
-            if key in found:
-                raise ValueError(
-                    f"two images share the name {key!r} in {directory}: {found[key]} and {path}"
-                )
-            found[key] = path
-    return found
-
-
-def _check_directory(directory: str, what: str, layout: str) -> None:
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(
-            f"{what} directory {directory} does not exist; expected layout: {layout}"
-        )
 
 
 def _listing(paths: Sequence[str]) -> str:
@@ -153,6 +126,9 @@ def load_image_mask_pairs(
 ) -> List[Dict]:
     """List images and their masks (matched by relative path minus suffix) as dataset dicts.
 
+    The files are found by :func:`dinov3_m2f.data.files.pair_image_mask_files`; any gap (no
+    images, an image without mask, a mask without image, two files with the same name) raises.
+
     Args:
         image_dir: directory searched recursively for images.
         mask_dir: directory searched recursively for masks; ``None`` for an image-only split.
@@ -163,32 +139,29 @@ def load_image_mask_pairs(
     Returns:
         Dicts with ``file_name`` (and ``sem_seg_file_name``), sorted by file name.
     """
-    _check_directory(image_dir, "image", layout)
-    images = _list_files(image_dir, tuple(s.lower() for s in image_suffixes))
-    if not images:
+    pairing = pair_image_mask_files(
+        image_dir, mask_dir, image_suffixes=image_suffixes, mask_suffix=mask_suffix, layout=layout
+    )
+    if pairing.duplicates:
+        raise ValueError(duplicate_message(*pairing.duplicates[0]))
+    if not pairing.images:
         raise FileNotFoundError(
             f"no images ({'|'.join('*' + s for s in image_suffixes)}) found in {image_dir}; "
             f"expected layout: {layout}"
         )
-    if mask_dir is None:
-        return [{"file_name": images[key]} for key in sorted(images)]
-    _check_directory(mask_dir, "mask", layout)
-    masks = _list_files(mask_dir, (mask_suffix.lower(),))
-    without_mask = sorted(images[k] for k in images.keys() - masks.keys())
+    without_mask = [pairing.images[k] for k in pairing.images_without_mask]
     if without_mask:
         raise ValueError(
             f"{len(without_mask)} images have no mask (*{mask_suffix} with the same name) in "
             f"{mask_dir}: {_listing(without_mask)}; expected layout: {layout}"
         )
-    without_image = sorted(masks[k] for k in masks.keys() - images.keys())
+    without_image = [pairing.masks[k] for k in pairing.masks_without_image]
     if without_image:
         raise ValueError(
             f"{len(without_image)} masks have no image in {image_dir}: {_listing(without_image)}; "
             f"expected layout: {layout}"
         )
-    return [
-        {"file_name": images[key], "sem_seg_file_name": masks[key]} for key in sorted(images)
-    ]
+    return pairing.dataset_dicts()
 
 
 def _same(key: str, old, new) -> bool:
@@ -230,7 +203,7 @@ def _sem_seg_metadata(
     sem_seg_root: Optional[str],
     classes: Sequence[str],
     colors: Sequence[Sequence[int]],
-    ignore_label: int = IGNORE_LABEL,
+    ignore_label: int = IGNORE_VALUE,
     evaluator_type: str = "sem_seg",
     label_map: Optional[Mapping[int, int]] = None,
 ) -> Dict:
@@ -275,14 +248,6 @@ class _PairLoader:
         return dicts
 
 
-class _EnsureSynthetic:
-    def __init__(self, root: str):
-        self.root = root
-
-    def __call__(self) -> str:
-        return ensure_synthetic_dataset(self.root)
-
-
 def register_synthetic(
     root: Optional[str] = None, *, prefix: str = "synthetic_sem_seg"
 ) -> List[str]:
@@ -302,7 +267,10 @@ def register_synthetic(
         image_dir = os.path.join(root, split, "images")
         mask_dir = os.path.join(root, split, "masks")
         name = f"{prefix}_{split}"
-        load = _PairLoader([(image_dir, mask_dir)], layout=layout, prepare=_EnsureSynthetic(root))
+        load = _PairLoader(
+            [(image_dir, mask_dir)], layout=layout,
+            prepare=functools.partial(ensure_synthetic_dataset, root),
+        )
         _register(name, load, _sem_seg_metadata(
             image_root=image_dir, sem_seg_root=mask_dir,
             classes=SYNTHETIC_CLASSES, colors=SYNTHETIC_COLORS,
@@ -422,7 +390,7 @@ def register_folder_dataset(
     image_dir: str,
     mask_dir: str,
     class_names: Sequence[str],
-    ignore_value: int = IGNORE_LABEL,
+    ignore_value: int = IGNORE_VALUE,
     colors: Optional[Sequence[Sequence[int]]] = None,
 ) -> str:
     """Register a user dataset: ``image_dir/*.{jpg,png}`` and ``mask_dir/*.png`` with equal stems.

@@ -15,14 +15,13 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from .io import check_label_values, check_same_size, read_label_mask
+from .files import IMAGE_SUFFIXES, MASK_SUFFIX, duplicate_message, pair_image_mask_files
+from .io import IGNORE_VALUE, check_label_values, check_same_size, read_label_mask
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DatasetReport", "Problem", "check_dataset", "format_histogram", "pair_files"]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-MASK_SUFFIX = ".png"
 # Log progress every this many images.
 PROGRESS_EVERY = 500
 
@@ -115,7 +114,7 @@ def check_dataset(
     dataset_dicts: Sequence[Mapping],
     *,
     num_classes: int,
-    ignore_value: int = 255,
+    ignore_value: int = IGNORE_VALUE,
     label_map: Optional[Mapping[int, int]] = None,
 ) -> DatasetReport:
     """Check every image and mask of a dataset and count the pixels of every class.
@@ -150,22 +149,11 @@ def check_dataset(
     return report
 
 
-def _list_by_stem(directory: str, suffixes: Sequence[str]) -> Dict[str, str]:
-    found: Dict[str, str] = {}
-    for dirpath, dirnames, filenames in os.walk(directory):
-        dirnames.sort()
-        for filename in sorted(filenames):
-            stem, suffix = os.path.splitext(filename)
-            if suffix.lower() in suffixes:
-                key = os.path.relpath(os.path.join(dirpath, stem), directory)
-                found.setdefault(key, os.path.join(dirpath, filename))
-    return found
-
-
 def pair_files(image_dir: str, mask_dir: str) -> Tuple[List[Dict[str, str]], List[Problem]]:
     """Pair ``image_dir/**/<name>.{jpg,jpeg,png}`` with ``mask_dir/**/<name>.png``.
 
-    Unlike the dataset registration, unpaired files are reported rather than raised, so that one
+    Uses :func:`~dinov3_m2f.data.files.pair_image_mask_files`, like the dataset registration; but
+    where the registration raises, unpaired and same-named files are reported here, so that one
     run lists everything that is wrong.
 
     Args:
@@ -173,24 +161,20 @@ def pair_files(image_dir: str, mask_dir: str) -> Tuple[List[Dict[str, str]], Lis
         mask_dir: masks, searched recursively.
 
     Returns:
-        (dataset dicts of the pairs, problems for images without mask and masks without image).
+        (dataset dicts of the pairs, problems: images without mask, masks without image, files
+        sharing a name, an image directory without images).
     """
-    for directory, what in ((image_dir, "image"), (mask_dir, "mask")):
-        if not os.path.isdir(directory):
-            raise FileNotFoundError(f"{what} directory {directory} does not exist")
-    images = _list_by_stem(image_dir, IMAGE_SUFFIXES)
-    masks = _list_by_stem(mask_dir, (MASK_SUFFIX,))
+    pairing = pair_image_mask_files(image_dir, mask_dir)
+    images, masks = pairing.images, pairing.masks
     problems = [
         Problem(images[k], f"image {images[k]} has no mask {os.path.join(mask_dir, k + MASK_SUFFIX)}")
-        for k in sorted(images.keys() - masks.keys())
+        for k in pairing.images_without_mask
     ]
-    problems += [
-        Problem(masks[k], f"mask {masks[k]} has no image in {image_dir}") for k in sorted(masks.keys() - images.keys())
-    ]
-    pairs = [{"file_name": images[k], "sem_seg_file_name": masks[k]} for k in sorted(images.keys() & masks.keys())]
+    problems += [Problem(masks[k], f"mask {masks[k]} has no image in {image_dir}") for k in pairing.masks_without_image]
+    problems += [Problem(other, duplicate_message(kept, other)) for kept, other in pairing.duplicates]
     if not images:
         problems.append(Problem(image_dir, f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {image_dir}"))
-    return pairs, problems
+    return pairing.dataset_dicts(), problems
 
 
 def format_histogram(report: DatasetReport, *, class_names: Optional[Sequence[str]] = None) -> str:

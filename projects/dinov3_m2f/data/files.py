@@ -1,0 +1,145 @@
+"""Finding the files of a semantic segmentation dataset on disk (no detectron2).
+
+Images and masks are paired by their path relative to the image or mask directory, minus the file
+ending (``images/a/1.jpg`` pairs with ``masks/a/1.png``). :func:`pair_image_mask_files` only
+collects what it finds; the callers decide what a gap means: the dataset registration raises one
+error, the dataset checker reports every unpaired file.
+"""
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "MASK_SUFFIX",
+    "FilePairing",
+    "datasets_root",
+    "duplicate_message",
+    "list_files",
+    "pair_image_mask_files",
+]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+MASK_SUFFIX = ".png"
+
+
+def datasets_root() -> str:
+    """``$DETECTRON2_DATASETS`` with ``~`` expanded (default ``datasets``), like detectron2."""
+    return os.path.expanduser(os.environ.get("DETECTRON2_DATASETS", "datasets"))
+
+
+def list_files(
+    directory: str, suffixes: Sequence[str]
+) -> Tuple[Dict[str, str], List[Tuple[str, str]]]:
+    """Files under ``directory`` (recursively) ending in one of ``suffixes`` (case-insensitive).
+
+    Args:
+        directory: directory to search.
+        suffixes: accepted file endings, e.g. ``(".png",)`` or ``("_leftImg8bit.png",)``.
+
+    Returns:
+        (key -> path, where the key is the path relative to ``directory`` minus the ending;
+        (kept path, other path) for every further file with an already-seen key, e.g. ``a.jpg``
+        and ``a.png``). Walked in sorted order, so the first file in that order is kept.
+    """
+    endings = tuple(s.lower() for s in suffixes)
+    found: Dict[str, str] = {}
+    duplicates: List[Tuple[str, str]] = []
+    for dirpath, dirnames, filenames in os.walk(directory):
+        dirnames.sort()
+        for filename in sorted(filenames):
+            ending = next((s for s in endings if filename.lower().endswith(s)), None)
+            if ending is None:
+                continue
+            path = os.path.join(dirpath, filename)
+            key = os.path.relpath(path, directory)[: -len(ending)]
+            if key in found:
+                duplicates.append((found[key], path))
+            else:
+                found[key] = path
+    return found, duplicates
+
+
+def duplicate_message(kept: str, other: str) -> str:
+    """The error text for two files that :func:`list_files` gives the same key."""
+    return (
+        f"{kept} and {other} have the same name; images and masks are paired by name without "
+        "the file ending, so rename one of them"
+    )
+
+
+@dataclass
+class FilePairing:
+    """Result of :func:`pair_image_mask_files`.
+
+    Attributes:
+        images: key -> image path.
+        masks: key -> mask path; ``None`` for an image-only split or when there are no images.
+        duplicates: (kept path, other path) of files that share a key with an earlier one.
+    """
+
+    images: Dict[str, str]
+    masks: Optional[Dict[str, str]]
+    duplicates: List[Tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def images_without_mask(self) -> List[str]:
+        """Keys of images that have no mask, sorted (empty when ``masks`` is ``None``)."""
+        return [] if self.masks is None else sorted(self.images.keys() - self.masks.keys())
+
+    @property
+    def masks_without_image(self) -> List[str]:
+        """Keys of masks that have no image, sorted."""
+        return [] if self.masks is None else sorted(self.masks.keys() - self.images.keys())
+
+    def dataset_dicts(self) -> List[Dict[str, str]]:
+        """``file_name`` (and ``sem_seg_file_name``) of every paired image, sorted by key.
+
+        Images without a mask are left out; an image-only split gives every image.
+        """
+        if self.masks is None:
+            return [{"file_name": self.images[key]} for key in sorted(self.images)]
+        return [
+            {"file_name": self.images[key], "sem_seg_file_name": self.masks[key]}
+            for key in sorted(self.images.keys() & self.masks.keys())
+        ]
+
+
+def _check_directory(directory: str, what: str, layout: Optional[str]) -> None:
+    if not os.path.isdir(directory):
+        hint = f"; expected layout: {layout}" if layout is not None else ""
+        raise FileNotFoundError(f"{what} directory {directory} does not exist{hint}")
+
+
+def pair_image_mask_files(
+    image_dir: str,
+    mask_dir: Optional[str],
+    *,
+    image_suffixes: Sequence[str] = IMAGE_SUFFIXES,
+    mask_suffix: str = MASK_SUFFIX,
+    layout: Optional[str] = None,
+) -> FilePairing:
+    """List the images of ``image_dir`` and the masks of ``mask_dir`` by key.
+
+    Args:
+        image_dir: directory searched recursively for images.
+        mask_dir: directory searched recursively for masks; ``None`` for an image-only split.
+        image_suffixes: accepted image file endings (case-insensitive).
+        mask_suffix: mask file ending; other files in ``mask_dir`` are not considered.
+        layout: human-readable expected layout, quoted when a directory does not exist.
+
+    Returns:
+        The :class:`FilePairing` (possibly with no images, unpaired files or duplicates).
+
+    Raises:
+        FileNotFoundError: ``image_dir`` does not exist, or ``mask_dir`` does not exist while
+            ``image_dir`` holds images; names the directory.
+    """
+    _check_directory(image_dir, "image", layout)
+    images, duplicates = list_files(image_dir, image_suffixes)
+    if mask_dir is None or not images:
+        # Without images there is nothing to pair: the mask directory is not read.
+        return FilePairing(images=images, masks=None, duplicates=duplicates)
+    _check_directory(mask_dir, "mask", layout)
+    masks, mask_duplicates = list_files(mask_dir, (mask_suffix,))
+    return FilePairing(images=images, masks=masks, duplicates=duplicates + mask_duplicates)
