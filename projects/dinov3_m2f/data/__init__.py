@@ -1,15 +1,17 @@
 """data of dinov3_m2f (plain PyTorch; no detectron2 import)."""
+from .files import FilePairing, datasets_root, pair_image_mask_files
 from .io import (
+    IGNORE_VALUE,
     MASK_FORMAT_HINT,
     apply_label_map,
     check_label_values,
     check_same_size,
     convert_label_png,
     read_label_mask,
+    shifted_label_map,
     write_label_png,
 )
 from .synthetic import (
-    IGNORE_VALUE,
     SYNTHETIC_CLASSES,
     SYNTHETIC_COLORS,
     default_synthetic_root,

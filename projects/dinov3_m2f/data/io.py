@@ -8,29 +8,40 @@ the ignore value.
 The same reader serves the training mapper, the evaluator and the command-line tools, so every
 consumer sees identical labels and identical error messages.
 """
+import logging
 import os
-from typing import Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
 
 from ..utils import atomic_open
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
+    "IGNORE_VALUE",
     "MASK_FORMAT_HINT",
     "apply_label_map",
     "check_label_values",
     "check_same_size",
     "convert_label_png",
+    "convert_label_pngs",
     "read_label_mask",
+    "shifted_label_map",
     "write_label_png",
 ]
+
+# The label of ignored pixels in every dataset this project writes or registers.
+IGNORE_VALUE = 255
 
 MASK_FORMAT_HINT = (
     "convert it to a single-channel label PNG: pixel values are class ids, {ignore} = ignore"
 )
 # How many offending values / files an error message lists before it abbreviates.
 _MAX_LISTED = 10
+# convert_label_pngs logs its progress every this many files.
+_PROGRESS_EVERY = 500
 
 
 def _format_values(values: Sequence[int]) -> str:
@@ -38,6 +49,59 @@ def _format_values(values: Sequence[int]) -> str:
     if len(values) > _MAX_LISTED:
         shown += f", ... ({len(values)} values)"
     return "[" + shown + "]"
+
+
+def shifted_label_map(num_classes: int, *, ignore_value: int = IGNORE_VALUE) -> Dict[int, int]:
+    """The label map of datasets whose files store 0 = unlabelled and 1..N = classes.
+
+    Args:
+        num_classes: N, the number of classes.
+        ignore_value: what raw 0 becomes.
+
+    Returns:
+        {0: ignore_value, 1: 0, ..., N: N - 1}.
+    """
+    return {0: ignore_value, **{raw: raw - 1 for raw in range(1, num_classes + 1)}}
+
+
+def _present_values(labels: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of an integer array; a linear count for 8/16-bit masks."""
+    if labels.dtype in (np.uint8, np.uint16):
+        return np.flatnonzero(np.bincount(labels.ravel()))
+    return np.unique(labels)
+
+
+def _label_lut(
+    label_map: Mapping[int, int], present: np.ndarray, *, path: str
+) -> np.ndarray:
+    """Lookup table raw value -> mapped value covering ``present``; raises for unmapped values."""
+    if len(label_map) == 0:
+        raise ValueError("label_map must not be empty")
+    keys = np.array([int(k) for k in label_map.keys()], dtype=np.int64)
+    if keys.min() < 0:
+        raise ValueError(f"label_map keys must be >= 0, got {sorted(keys.tolist())}")
+    unknown = np.setdiff1d(present, keys)
+    if unknown.size:
+        raise ValueError(
+            f"mask {path} contains values {_format_values(unknown.tolist())} that the dataset's "
+            f"label_map does not cover (known raw values: {sorted(keys.tolist())})"
+        )
+    lut = np.zeros(int(max(keys.max(), present.max(initial=0))) + 1, dtype=np.int64)
+    for raw, mapped in label_map.items():
+        lut[int(raw)] = int(mapped)
+    return lut
+
+
+def _check_present_values(
+    present: np.ndarray, *, num_classes: int, ignore_value: int, path: str
+) -> None:
+    bad = present[((present < 0) | (present >= num_classes)) & (present != ignore_value)]
+    if bad.size:
+        raise ValueError(
+            f"mask {path} contains label values {_format_values(bad.tolist())} outside "
+            f"0..{num_classes - 1} (num_classes={num_classes}) that are not the ignore value "
+            f"{ignore_value}"
+        )
 
 
 def apply_label_map(
@@ -54,26 +118,11 @@ def apply_label_map(
     Returns:
         int64 array of the same shape with mapped values.
     """
-    if len(label_map) == 0:
-        raise ValueError("label_map must not be empty")
-    keys = np.array([int(k) for k in label_map.keys()], dtype=np.int64)
-    if keys.min() < 0:
-        raise ValueError(f"label_map keys must be >= 0, got {sorted(keys.tolist())}")
-    present = np.unique(labels)
-    unknown = np.setdiff1d(present, keys)
-    if unknown.size:
-        raise ValueError(
-            f"mask {path} contains values {_format_values(unknown.tolist())} that the dataset's "
-            f"label_map does not cover (known raw values: {sorted(keys.tolist())})"
-        )
-    lut = np.zeros(int(max(keys.max(), present.max())) + 1, dtype=np.int64)
-    for raw, mapped in label_map.items():
-        lut[int(raw)] = int(mapped)
-    return lut[labels]
+    return _label_lut(label_map, _present_values(labels), path=path)[labels]
 
 
 def check_label_values(
-    labels: np.ndarray, *, num_classes: int, ignore_value: int = 255, path: str = "<array>"
+    labels: np.ndarray, *, num_classes: int, ignore_value: int = IGNORE_VALUE, path: str = "<array>"
 ) -> None:
     """Raise if ``labels`` holds values other than ``0..num_classes-1`` and ``ignore_value``.
 
@@ -83,14 +132,9 @@ def check_label_values(
         ignore_value: the value that marks ignored pixels.
         path: file the labels came from, used in error messages.
     """
-    present = np.unique(labels)
-    bad = present[((present < 0) | (present >= num_classes)) & (present != ignore_value)]
-    if bad.size:
-        raise ValueError(
-            f"mask {path} contains label values {_format_values(bad.tolist())} outside "
-            f"0..{num_classes - 1} (num_classes={num_classes}) that are not the ignore value "
-            f"{ignore_value}"
-        )
+    _check_present_values(
+        _present_values(labels), num_classes=num_classes, ignore_value=ignore_value, path=path
+    )
 
 
 def check_same_size(
@@ -116,7 +160,7 @@ def read_label_mask(
     *,
     label_map: Optional[Mapping[int, int]] = None,
     num_classes: Optional[int] = None,
-    ignore_value: int = 255,
+    ignore_value: int = IGNORE_VALUE,
 ) -> np.ndarray:
     """Read a single-channel label mask and check its values.
 
@@ -146,11 +190,17 @@ def read_label_mask(
             f"mask {path} has {channels} channels (PIL mode {mode!r}); "
             + MASK_FORMAT_HINT.format(ignore=ignore_value)
         )
-    labels = labels.astype(np.int64)
+    if labels.dtype.kind not in "ui":  # e.g. PIL mode "1" (bool) or "F" (float)
+        labels = labels.astype(np.int64)
+    # The values present are counted once: the label map and the range check only need those.
+    present = _present_values(labels)
     if label_map is not None:
-        labels = apply_label_map(labels, label_map, path=path)
+        lut = _label_lut(label_map, present, path=path)
+        labels, present = lut[labels], np.unique(lut[present])  # int64 [H, W]
+    else:
+        labels = labels.astype(np.int64)
     if num_classes is not None:
-        check_label_values(labels, num_classes=num_classes, ignore_value=ignore_value, path=path)
+        _check_present_values(present, num_classes=num_classes, ignore_value=ignore_value, path=path)
     return labels
 
 
@@ -175,3 +225,28 @@ def convert_label_png(src: str, dst: str, *, label_map: Mapping[int, int]) -> No
             be a key, otherwise a ValueError names the file.
     """
     write_label_png(read_label_mask(src, label_map=label_map), dst)
+
+
+def convert_label_pngs(
+    jobs: Sequence[Tuple[str, str]], *, label_map: Mapping[int, int], overwrite: bool = False
+) -> Tuple[int, int]:
+    """:func:`convert_label_png` for many files; existing outputs are kept unless ``overwrite``.
+
+    Each output is written atomically, so an interrupted run can simply be started again.
+
+    Args:
+        jobs: (source, destination) paths.
+        label_map: raw value -> class id (or the ignore value).
+        overwrite: rewrite destinations that already exist.
+
+    Returns:
+        (files written, existing files kept).
+    """
+    written = 0
+    for i, (src, dst) in enumerate(jobs):
+        if overwrite or not os.path.exists(dst):
+            convert_label_png(src, dst, label_map=label_map)
+            written += 1
+        if (i + 1) % _PROGRESS_EVERY == 0:
+            logger.info("Converted %d/%d label files", i + 1, len(jobs))
+    return written, len(jobs) - written

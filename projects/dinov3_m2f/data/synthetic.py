@@ -37,9 +37,13 @@ from typing import Dict, List, Optional
 import cv2
 import numpy as np
 
+from .files import datasets_root
+from .io import IGNORE_VALUE
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "CACHE_DIR_NAME",
     "DEFAULT_IMAGE_SIZE",
     "DEFAULT_NUM_TRAIN",
     "DEFAULT_NUM_VAL",
@@ -66,7 +70,6 @@ SYNTHETIC_COLORS = (
     (0, 255, 0),
     (255, 195, 128),
 )
-IGNORE_VALUE = 255
 SPLITS = ("train", "val")
 MANIFEST_NAME = "manifest.json"
 CACHE_DIR_NAME = "dinov3_m2f_synthetic"
@@ -103,9 +106,7 @@ _STRIPE_AMPLITUDE = 20.0
 
 def default_synthetic_root() -> str:
     """``$DETECTRON2_DATASETS/dinov3_m2f_synthetic`` (the variable defaults to ``datasets``)."""
-    return os.path.join(
-        os.path.expanduser(os.environ.get("DETECTRON2_DATASETS", "datasets")), CACHE_DIR_NAME
-    )
+    return os.path.join(datasets_root(), CACHE_DIR_NAME)
 
 
 def _uniform_int(rng: np.random.Generator, low: float, high: float) -> int:
