@@ -23,6 +23,7 @@ import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from dinov3_m2f.data.checks import Problem, check_dataset, format_histogram, pair_files
+from dinov3_m2f.data.io import IGNORE_VALUE
 
 logger = logging.getLogger("check_dataset")
 
@@ -38,7 +39,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--image-dir", help="folder mode: image directory (searched recursively)")
     parser.add_argument("--mask-dir", help="folder mode: mask directory (same names, .png)")
     parser.add_argument("--num-classes", type=int, help="folder mode: number of classes")
-    parser.add_argument("--ignore-value", type=int, default=255, help="folder mode: ignore label (default 255)")
+    parser.add_argument(
+        "--ignore-value", type=int, default=IGNORE_VALUE, help=f"folder mode: ignore label (default {IGNORE_VALUE})"
+    )
     parser.add_argument("--class-names", help="folder mode: comma-separated class names for the table")
     parser.add_argument(
         "--max-listed", type=int, default=DEFAULT_MAX_LISTED, help="problems printed in full (default 50)"
@@ -53,8 +56,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def registered_dataset(name: str) -> Tuple[List[Dict], Dict]:
-    """Dataset dicts and check settings of a registered dataset (imports detectron2)."""
+def registered_dataset(name: str) -> Tuple[List[Dict], Dict, List[str]]:
+    """Dataset dicts, :func:`check_dataset` settings and class names of a registered dataset
+    (imports detectron2)."""
     from detectron2.data import MetadataCatalog
 
     from dinov3_m2f.d2.datasets import get_dataset_dicts
@@ -64,11 +68,10 @@ def registered_dataset(name: str) -> Tuple[List[Dict], Dict]:
     classes = list(metadata.stuff_classes)
     settings = dict(
         num_classes=len(classes),
-        ignore_value=metadata.get("ignore_label", 255),
+        ignore_value=metadata.get("ignore_label", IGNORE_VALUE),
         label_map=metadata.get("label_map"),
-        class_names=classes,
     )
-    return dicts, settings
+    return dicts, settings, classes
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -77,16 +80,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     pairing_problems: List[Problem] = []
     if args.dataset is not None:
-        dicts, settings = registered_dataset(args.dataset)
+        dicts, settings, class_names = registered_dataset(args.dataset)
         source = f"dataset {args.dataset}"
     else:
         dicts, pairing_problems = pair_files(args.image_dir, args.mask_dir)
         class_names = args.class_names.split(",") if args.class_names else None
-        settings = dict(
-            num_classes=args.num_classes, ignore_value=args.ignore_value, label_map=None, class_names=class_names
-        )
+        settings = dict(num_classes=args.num_classes, ignore_value=args.ignore_value)
         source = f"{args.image_dir} + {args.mask_dir}"
-    class_names = settings.pop("class_names")
     logger.info("Checking %d images of %s (%d classes)", len(dicts), source, settings["num_classes"])
     report = check_dataset(dicts, **settings)
     report.problems[:0] = pairing_problems

@@ -16,23 +16,20 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from dinov3_m2f.data.io import convert_label_png
+from dinov3_m2f.data.files import datasets_root
+from dinov3_m2f.data.io import convert_label_pngs, shifted_label_map
 
 logger = logging.getLogger("prepare_ade20k")
 
 NUM_CLASSES = 150
-IGNORE_LABEL = 255
 # Raw value 0 (unlabelled) -> ignore; classes 1..150 -> 0..149.
-ADE20K_LABEL_MAP = {0: IGNORE_LABEL, **{raw: raw - 1 for raw in range(1, NUM_CLASSES + 1)}}
+ADE20K_LABEL_MAP = shifted_label_map(NUM_CLASSES)
 SPLITS = ("training", "validation")
-# Log progress every this many files.
-PROGRESS_EVERY = 1000
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    default_root = os.path.join(os.path.expanduser(os.environ.get("DETECTRON2_DATASETS", "datasets")),
-                                "ADEChallengeData2016")
+    default_root = os.path.join(datasets_root(), "ADEChallengeData2016")
     parser.add_argument("--root", default=default_root, help=f"ADEChallengeData2016 directory (default {default_root})")
     parser.add_argument("--overwrite", action="store_true", help="rewrite outputs that already exist")
     return parser.parse_args(argv)
@@ -58,17 +55,10 @@ def prepare(root: str, *, overwrite: bool = False) -> int:
         if not names:
             raise FileNotFoundError(f"no .png annotations in {src_dir}")
         os.makedirs(dst_dir, exist_ok=True)
-        skipped = 0
-        for i, name in enumerate(names):
-            dst = os.path.join(dst_dir, name)
-            if os.path.exists(dst) and not overwrite:
-                skipped += 1
-            else:
-                convert_label_png(os.path.join(src_dir, name), dst, label_map=ADE20K_LABEL_MAP)
-                written += 1
-            if (i + 1) % PROGRESS_EVERY == 0:
-                logger.info("%s: %d/%d", split, i + 1, len(names))
-        logger.info("%s: %d annotations -> %s (%d already there, kept)", split, len(names), dst_dir, skipped)
+        jobs = [(os.path.join(src_dir, name), os.path.join(dst_dir, name)) for name in names]
+        split_written, kept = convert_label_pngs(jobs, label_map=ADE20K_LABEL_MAP, overwrite=overwrite)
+        written += split_written
+        logger.info("%s: %d annotations -> %s (%d already there, kept)", split, len(names), dst_dir, kept)
     return written
 
 

@@ -14,36 +14,36 @@ import argparse
 import logging
 import os
 import sys
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
-from dinov3_m2f.data.io import convert_label_png
+from dinov3_m2f.data.files import datasets_root, list_files
+from dinov3_m2f.data.io import IGNORE_VALUE, convert_label_pngs
 
 logger = logging.getLogger("prepare_cityscapes")
 
-IGNORE_LABEL = 255
 # Label id -> train id of the 34 Cityscapes labels (ids 0..33), from the `labels` table of the
 # official cityscapesScripts (cityscapesscripts/helpers/labels.py). Ids whose label is not
 # evaluated map to 255; "license plate" (id -1) is never drawn in labelIds images.
 CITYSCAPES_ID_TO_TRAIN_ID = {
-    0: IGNORE_LABEL,   # unlabeled
-    1: IGNORE_LABEL,   # ego vehicle
-    2: IGNORE_LABEL,   # rectification border
-    3: IGNORE_LABEL,   # out of roi
-    4: IGNORE_LABEL,   # static
-    5: IGNORE_LABEL,   # dynamic
-    6: IGNORE_LABEL,   # ground
+    0: IGNORE_VALUE,   # unlabeled
+    1: IGNORE_VALUE,   # ego vehicle
+    2: IGNORE_VALUE,   # rectification border
+    3: IGNORE_VALUE,   # out of roi
+    4: IGNORE_VALUE,   # static
+    5: IGNORE_VALUE,   # dynamic
+    6: IGNORE_VALUE,   # ground
     7: 0,              # road
     8: 1,              # sidewalk
-    9: IGNORE_LABEL,   # parking
-    10: IGNORE_LABEL,  # rail track
+    9: IGNORE_VALUE,   # parking
+    10: IGNORE_VALUE,  # rail track
     11: 2,             # building
     12: 3,             # wall
     13: 4,             # fence
-    14: IGNORE_LABEL,  # guard rail
-    15: IGNORE_LABEL,  # bridge
-    16: IGNORE_LABEL,  # tunnel
+    14: IGNORE_VALUE,  # guard rail
+    15: IGNORE_VALUE,  # bridge
+    16: IGNORE_VALUE,  # tunnel
     17: 5,             # pole
-    18: IGNORE_LABEL,  # polegroup
+    18: IGNORE_VALUE,  # polegroup
     19: 6,             # traffic light
     20: 7,             # traffic sign
     21: 8,             # vegetation
@@ -54,8 +54,8 @@ CITYSCAPES_ID_TO_TRAIN_ID = {
     26: 13,            # car
     27: 14,            # truck
     28: 15,            # bus
-    29: IGNORE_LABEL,  # caravan
-    30: IGNORE_LABEL,  # trailer
+    29: IGNORE_VALUE,  # caravan
+    30: IGNORE_VALUE,  # trailer
     31: 16,            # train
     32: 17,            # motorcycle
     33: 18,            # bicycle
@@ -63,28 +63,17 @@ CITYSCAPES_ID_TO_TRAIN_ID = {
 LABEL_IDS_SUFFIX = "_gtFine_labelIds.png"
 TRAIN_IDS_SUFFIX = "_gtFine_labelTrainIds.png"
 DEFAULT_SPLITS = ("train", "val")
-# Log progress every this many files.
-PROGRESS_EVERY = 500
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    default_root = os.path.join(os.path.expanduser(os.environ.get("DETECTRON2_DATASETS", "datasets")), "cityscapes")
+    default_root = os.path.join(datasets_root(), "cityscapes")
     parser.add_argument("--root", default=default_root, help=f"cityscapes directory (default {default_root})")
     parser.add_argument(
         "--splits", nargs="+", default=list(DEFAULT_SPLITS), help="gtFine splits to convert (default: train val)"
     )
     parser.add_argument("--overwrite", action="store_true", help="rewrite outputs that already exist")
     return parser.parse_args(argv)
-
-
-def find_label_files(split_dir: str) -> List[str]:
-    """All ``*_gtFine_labelIds.png`` under ``split_dir`` (recursively), sorted."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(split_dir):
-        dirnames.sort()
-        found += [os.path.join(dirpath, n) for n in sorted(filenames) if n.endswith(LABEL_IDS_SUFFIX)]
-    return found
 
 
 def prepare(root: str, *, splits: Sequence[str] = DEFAULT_SPLITS, overwrite: bool = False) -> int:
@@ -103,20 +92,13 @@ def prepare(root: str, *, splits: Sequence[str] = DEFAULT_SPLITS, overwrite: boo
         split_dir = os.path.join(root, "gtFine", split)
         if not os.path.isdir(split_dir):
             raise FileNotFoundError(f"label directory {split_dir} does not exist (expected {root}/gtFine/<split>/<city>)")
-        sources = find_label_files(split_dir)
+        sources, _ = list_files(split_dir, (LABEL_IDS_SUFFIX,))
         if not sources:
             raise FileNotFoundError(f"no *{LABEL_IDS_SUFFIX} files under {split_dir}")
-        skipped = 0
-        for i, src in enumerate(sources):
-            dst = src[: -len(LABEL_IDS_SUFFIX)] + TRAIN_IDS_SUFFIX
-            if os.path.exists(dst) and not overwrite:
-                skipped += 1
-            else:
-                convert_label_png(src, dst, label_map=CITYSCAPES_ID_TO_TRAIN_ID)
-                written += 1
-            if (i + 1) % PROGRESS_EVERY == 0:
-                logger.info("%s: %d/%d", split, i + 1, len(sources))
-        logger.info("%s: %d label files in %s (%d already converted, kept)", split, len(sources), split_dir, skipped)
+        jobs = [(src, os.path.join(split_dir, key + TRAIN_IDS_SUFFIX)) for key, src in sources.items()]
+        split_written, kept = convert_label_pngs(jobs, label_map=CITYSCAPES_ID_TO_TRAIN_ID, overwrite=overwrite)
+        written += split_written
+        logger.info("%s: %d label files in %s (%d already converted, kept)", split, len(jobs), split_dir, kept)
     return written
 
 
