@@ -116,6 +116,13 @@ class SemSegDatasetMapper:
             None if label_map is None else {int(k): int(v) for k, v in label_map.items()}
         )
         self.pad_size = None if pad_size is None else _as_pair(pad_size, "pad_size")
+        # Checked masks (num_classes given) whose classes and ignore label fit in uint8 need no
+        # per-image range test before taking the uint8 resize path.
+        self._uint8_masks = (
+            num_classes is not None
+            and num_classes <= _UINT8_MAX + 1
+            and 0 <= self.ignore_label <= _UINT8_MAX
+        )
         mode = "training" if is_train else "inference"
         logger.info("[SemSegDatasetMapper] augmentations in %s: %s", mode, self.augmentations)
 
@@ -166,11 +173,14 @@ class SemSegDatasetMapper:
             image.shape, labels.shape, image_path=dataset_dict["file_name"], mask_path=mask_path
         )
         # PIL resizes uint8 masks exactly (nearest); wider labels go through a float64 path.
-        if labels.max() <= _UINT8_MAX and labels.min() >= 0:
+        if self._uint8_masks or (labels.max() <= _UINT8_MAX and labels.min() >= 0):
             return labels.astype(np.uint8)
         return labels.astype(np.float64)
 
-    def _pad(self, image: torch.Tensor, sem_seg: torch.Tensor):
+    def _pad(
+        self, image: torch.Tensor, sem_seg: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Pad image [3, h, w] and sem_seg [h, w] at the bottom/right to ``pad_size``."""
         h, w = image.shape[-2:]
         pad_h, pad_w = self.pad_size[0] - h, self.pad_size[1] - w
         if pad_h < 0 or pad_w < 0:
