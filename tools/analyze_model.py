@@ -39,6 +39,7 @@ from fvcore.nn.jit_handles import get_shape
 from torch import nn
 
 from dinov3_m2f.d2.config import load_config
+from dinov3_m2f.d2.engine import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=(512, 512),
                         help="image size of the FLOP count")
     parser.add_argument("--depth", type=int, default=2, help="module levels in the tables")
-    parser.add_argument("--device", default="cpu", help="device of the FLOP trace")
+    parser.add_argument("--device", default="cpu",
+                        help="device of the FLOP trace: cpu | cuda | cuda:<i> | auto")
     parser.add_argument("--no-flops", action="store_true", help="parameters only")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                         help="config overrides key=value (last option)")
@@ -156,7 +158,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.depth < 1:
         raise ValueError(f"--depth must be >= 1, got {args.depth}")
     cfg = load_config(args.config_file, overrides=args.opts)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     model = instantiate(cfg.model).to(device).eval()
 
     counts = count_parameters(model, depth=args.depth)

@@ -37,7 +37,7 @@ from detectron2.engine import HookBase
 from omegaconf import DictConfig
 from torch import nn
 
-from dinov3_m2f.d2.engine import SegTrainer
+from dinov3_m2f.d2.engine import AMP_DTYPES, SegTrainer, resolve_device
 from dinov3_m2f.d2.config import load_config
 
 logger = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config-file", required=True, help="LazyConfig file")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:<i>")
     parser.add_argument("--batch-size", type=int, default=2, help="images per step / batch")
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=(512, 512))
     parser.add_argument("--iters", type=int, default=10, help="timed iterations")
@@ -74,15 +74,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.iters < 1 or args.warmup < 0 or args.batch_size < 1:
         parser.error("--iters and --batch-size must be >= 1, --warmup >= 0")
     return args
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {name} but CUDA is not available")
-    return device
 
 
 def describe_machine(device: torch.device) -> str:
@@ -222,13 +213,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     cfg = load_config(args.config_file, overrides=args.opts)
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = instantiate(cfg.model).to(device)
     amp_name = AMP_CHOICES[args.amp]
-    amp_dtype = getattr(torch, amp_name) if amp_name else None
+    amp_dtype = AMP_DTYPES[amp_name] if amp_name else None
     generator = torch.Generator().manual_seed(0)
     batch_kwargs = dict(batch_size=args.batch_size, input_size=tuple(args.input_size),
                         num_classes=model.num_classes, generator=generator)

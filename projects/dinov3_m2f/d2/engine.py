@@ -5,6 +5,7 @@ import contextlib
 import logging
 import math
 import operator
+import re
 import time
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
@@ -19,29 +20,32 @@ from torch.nn.parallel import DistributedDataParallel
 logger = logging.getLogger(__name__)
 
 AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+# Device strings accepted by resolve_device besides "auto".
+DEVICE_PATTERN = r"cpu|cuda(:\d+)?"
 # Comparison "is better than" of a validation metric, by mode.
 METRIC_MODES = {"max": operator.gt, "min": operator.lt}
 
 
 def resolve_device(name: str) -> torch.device:
-    """Turn a config device string into a device for this process.
+    """Turn a device string (config or command line) into a device for this process.
 
     Args:
-        name: ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when available, else CPU). With CUDA
-            each process uses the GPU of its local rank.
+        name: ``"cpu"``, ``"cuda"`` (the GPU of this process' local rank), ``"cuda:<i>"`` or
+            ``"auto"`` (``"cuda"`` when CUDA is available, else ``"cpu"``).
 
     Returns:
         The device.
     """
-    if name not in ("cpu", "cuda", "auto"):
-        raise ValueError(f"train.device must be 'cpu', 'cuda' or 'auto', got {name!r}")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("train.device='cuda' but CUDA is not available; use 'cpu' or 'auto'")
-        return torch.device("cuda", comm.get_local_rank())
-    return torch.device("cpu")
+    if not re.fullmatch(DEVICE_PATTERN, name):
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:<i>' or 'auto', got {name!r}")
+    device = torch.device(name)
+    if device.type == "cpu":
+        return device
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"device={name!r} but CUDA is not available; use 'cpu' or 'auto'")
+    return device if device.index is not None else torch.device("cuda", comm.get_local_rank())
 
 
 def wrap_ddp(model: nn.Module, *, device: torch.device, **ddp_kwargs) -> nn.Module:
@@ -132,6 +136,8 @@ class SegTrainer(SimpleTrainer):
             torch.amp.GradScaler(device.type) if self.amp_dtype == torch.float16 else None
         )
         self.clip_grad_max_norm = clip_grad_max_norm
+        # clip_grad_norm_ skips parameters without a gradient.
+        self._clip_params = [p for group in optimizer.param_groups for p in group["params"]]
         self.clip_grad_norm_type = clip_grad_norm_type
         self.grad_accum_steps = grad_accum_steps
         self.eval_modules = list(eval_modules)
@@ -232,14 +238,8 @@ class SegTrainer(SimpleTrainer):
         if self.clip_grad_max_norm > 0:
             if self.grad_scaler is not None:
                 self.grad_scaler.unscale_(self.optimizer)
-            params = [
-                p
-                for group in self.optimizer.param_groups
-                for p in group["params"]
-                if p.grad is not None
-            ]
             grad_norm = torch.nn.utils.clip_grad_norm_(
-                params, self.clip_grad_max_norm, norm_type=self.clip_grad_norm_type
+                self._clip_params, self.clip_grad_max_norm, norm_type=self.clip_grad_norm_type
             )
             self.storage.put_scalar("grad_norm", float(grad_norm), smoothing_hint=False)
         if self.grad_scaler is not None:

@@ -27,10 +27,10 @@ from detectron2.data.catalog import Metadata
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from .checkpoint import TrainableCheckpointer
+from .checkpoint import SAFETENSORS_EXTENSION, TrainableCheckpointer
 from .config import load_config
 from .datasets import register_all
-from .engine import AMP_DTYPES
+from .engine import AMP_DTYPES, resolve_device
 from .mapper import read_image_or_raise
 
 logger = logging.getLogger(__name__)
@@ -58,15 +58,6 @@ def _test_dataset_name(cfg: DictConfig) -> str:
     return names
 
 
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device!r} but CUDA is not available; use 'cpu' or 'auto'")
-    return resolved
-
-
 def _resolve_autocast(autocast: str, cfg: DictConfig, device: torch.device) -> Optional[torch.dtype]:
     if autocast not in AUTOCAST_CHOICES:
         raise ValueError(f"autocast must be one of {AUTOCAST_CHOICES}, got {autocast!r}")
@@ -80,7 +71,7 @@ def _resolve_autocast(autocast: str, cfg: DictConfig, device: torch.device) -> O
 
 def _checkpoint_kind(path: str) -> str:
     """``"trainable"`` or ``"full"`` as recorded by TrainableCheckpointer (memory-mapped peek)."""
-    if path.endswith(".safetensors"):
+    if path.endswith(SAFETENSORS_EXTENSION):
         return "full"
     data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     return data.get("checkpoint_kind", "full") if isinstance(data, dict) else "full"
@@ -187,7 +178,7 @@ class SemSegPredictor:
         mapper = OmegaConf.select(cfg, "dataloader.test.mapper", default=None)
         augmentations = instantiate(mapper.augmentations) if mapper is not None else []
 
-        resolved_device = _resolve_device(device)
+        resolved_device = resolve_device(device)
         model = instantiate(cfg.model).to(resolved_device)
         TrainableCheckpointer(model, strict=True).load(checkpoint)
         logger.info(
