@@ -29,16 +29,18 @@ class DINOv3SemSegBase(nn.Module):
 
     Subclasses implement ``_forward_train(batched_inputs) -> losses`` and
     ``_predict_scores(images) -> [B, C, h, w]`` class probabilities for normalized images whose size
-    meets the backbone's padding constraint. This class handles the detectron2 input dicts
-    (``"image"`` [3, H, W] RGB 0..255, ``"sem_seg"`` [H, W] int64, optional ``"height"``/``"width"``),
-    normalization, padding and the test modes; inference returns
-    ``[{"sem_seg": [C, height, width] scores}]``.
+    meets the backbone's padding constraint, with ``backbone``, ``sem_seg_head`` and ``criterion``.
+    This class handles the detectron2 input dicts (``"image"`` [3, H, W] RGB 0..255,
+    ``"sem_seg"`` [H, W] int64, optional ``"height"``/``"width"``), normalization, padding and the
+    test modes; inference returns ``[{"sem_seg": [C, height, width] scores}]``.
     """
 
     def __init__(
         self,
         *,
         backbone: Backbone,
+        sem_seg_head: nn.Module,
+        criterion: nn.Module,
         num_classes: int,
         normalization: str = "lvd1689m",
         ignore_value: int = 255,
@@ -51,6 +53,8 @@ class DINOv3SemSegBase(nn.Module):
         """
         Args:
             backbone: a detectron2 Backbone with ``padding_constraints``.
+            sem_seg_head: the decode head on the backbone features.
+            criterion: the training loss of the head's outputs.
             num_classes: number of semantic classes C.
             normalization: weight family whose pixel mean/std normalize the input
                 (a key of ``dinov3_m2f.modeling.dinov3.NORMALIZATION``: "lvd1689m", "sat493m").
@@ -75,6 +79,8 @@ class DINOv3SemSegBase(nn.Module):
         if (slide_crop_size is None) != (slide_stride is None):
             raise ValueError("slide_crop_size and slide_stride must be given together")
         self.backbone = backbone
+        self.sem_seg_head = sem_seg_head
+        self.criterion = criterion
         self.num_classes = num_classes
         self.ignore_value = ignore_value
         self.test_mode = test_mode
@@ -201,11 +207,12 @@ class DINOv3Mask2Former(DINOv3SemSegBase):
             kwargs: normalization, ignore value and test-mode arguments of
                 :class:`DINOv3SemSegBase`.
         """
-        super().__init__(backbone=backbone, num_classes=num_classes, **kwargs)
         if not hasattr(criterion, "weight_dict"):
             raise TypeError("criterion must have a weight_dict (e.g. SetCriterion)")
-        self.sem_seg_head = sem_seg_head
-        self.criterion = criterion
+        super().__init__(
+            backbone=backbone, sem_seg_head=sem_seg_head, criterion=criterion,
+            num_classes=num_classes, **kwargs,
+        )
 
     def _forward_train(self, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor]:
         images, sem_segs = self._training_batch(batched_inputs)

@@ -48,7 +48,10 @@ class DINOv3PixelSegmentor(DINOv3SemSegBase):
             kwargs: normalization, ignore value and test-mode arguments of
                 :class:`DINOv3SemSegBase`.
         """
-        super().__init__(backbone=backbone, num_classes=num_classes, **kwargs)
+        super().__init__(
+            backbone=backbone, sem_seg_head=sem_seg_head, criterion=criterion,
+            num_classes=num_classes, **kwargs,
+        )
         available = list(backbone.output_shape())
         in_features = list(in_features) if in_features is not None else available
         unknown = [name for name in in_features if name not in available]
@@ -58,8 +61,6 @@ class DINOv3PixelSegmentor(DINOv3SemSegBase):
                 f"{available} (unknown: {unknown})"
             )
         self.in_features = in_features
-        self.sem_seg_head = sem_seg_head
-        self.criterion = criterion
 
     def _logits(self, images: torch.Tensor) -> torch.Tensor:
         features = self.backbone(images)
