@@ -132,8 +132,16 @@ def resolve_adapter_norm(norm: str) -> Callable[[int], nn.Module]:
     return functools.partial(d2_get_norm, norm)
 
 
+class _PaddedBackbone(Backbone):
+    """A Backbone whose only padding constraint is ``size_divisibility`` (no square padding)."""
+
+    @property
+    def padding_constraints(self) -> Dict[str, int]:
+        return {"size_divisibility": self.size_divisibility, "square_size": 0}
+
+
 @BACKBONE_REGISTRY.register()
-class D2DINOv3Backbone(Backbone):
+class D2DINOv3Backbone(_PaddedBackbone):
     """Frozen DINOv3 ViT + trainable ViT-Adapter as a detectron2 :class:`Backbone`.
 
     Outputs ``res2..res5`` with ``embed_dim`` channels at strides 4, 8, 16, 32. The ViT is
@@ -205,13 +213,9 @@ class D2DINOv3Backbone(Backbone):
     def size_divisibility(self) -> int:
         return SIZE_DIVISIBILITY
 
-    @property
-    def padding_constraints(self) -> Dict[str, int]:
-        return {"size_divisibility": SIZE_DIVISIBILITY, "square_size": 0}
-
 
 @BACKBONE_REGISTRY.register()
-class D2DINOv3ViTBackbone(Backbone):
+class D2DINOv3ViTBackbone(_PaddedBackbone):
     """Frozen DINOv3 ViT without adapter as a detectron2 :class:`Backbone` (linear probing).
 
     Outputs the final-norm patch grids of the last ``num_layers`` blocks, ``layer0`` (earliest)
@@ -266,7 +270,3 @@ class D2DINOv3ViTBackbone(Backbone):
     @property
     def size_divisibility(self) -> int:
         return VIT_STRIDE
-
-    @property
-    def padding_constraints(self) -> Dict[str, int]:
-        return {"size_divisibility": VIT_STRIDE, "square_size": 0}
