@@ -12,7 +12,7 @@ loaded into a fresh model built from the same config.
 """
 import logging
 import os
-from typing import Any, Dict, List, Optional, Sequence, Set
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
@@ -91,14 +91,11 @@ class TrainableCheckpointer(DetectionCheckpointer):
         self.strict = strict
         self.exclude_prefixes = list(exclude_prefixes) if exclude_prefixes is not None else None
 
-    def _frozen_keys(self) -> Set[str]:
+    def _frozen_prefixes(self) -> Tuple[str, ...]:
+        """State-dict prefixes left out of trainable-only checkpoints (``str.startswith`` form)."""
         if self.exclude_prefixes is None:
-            prefixes = tuple(frozen_state_prefixes(self.model))
-        else:
-            prefixes = tuple(self.exclude_prefixes)
-        if not prefixes:
-            return set()
-        return {k for k in self.model.state_dict() if k.startswith(prefixes)}
+            return tuple(frozen_state_prefixes(self.model))
+        return tuple(self.exclude_prefixes)
 
     def save(self, name: str, **kwargs: Any) -> None:
         """Save ``{save_dir}/{name}.pth`` atomically.
@@ -111,8 +108,8 @@ class TrainableCheckpointer(DetectionCheckpointer):
             return
         state = self.model.state_dict()
         if not self.full:
-            frozen = self._frozen_keys()
-            state = {k: v for k, v in state.items() if k not in frozen}
+            frozen = self._frozen_prefixes()
+            state = {k: v for k, v in state.items() if not k.startswith(frozen)}
         data: Dict[str, Any] = {
             "model": state,
             "checkpoint_kind": "full" if self.full else "trainable",
@@ -158,8 +155,10 @@ class TrainableCheckpointer(DetectionCheckpointer):
         kind = checkpoint.pop("checkpoint_kind", "full")
         incompatible = super()._load_model(checkpoint)
         if kind == "trainable":
-            frozen = self._frozen_keys()
-            incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if k not in frozen]
+            frozen = self._frozen_prefixes()
+            incompatible.missing_keys[:] = [
+                k for k in incompatible.missing_keys if not k.startswith(frozen)
+            ]
         if self.strict and any(incompatible):
             raise RuntimeError(
                 "Checkpoint does not match the model: "
