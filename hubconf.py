@@ -18,7 +18,7 @@ released head). ``backbone_weights`` is the DINOv3 ViT weights file; it may be l
 """
 import os
 import sys
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 dependencies = ["torch", "detectron2"]
 
@@ -31,28 +31,24 @@ if _PROJECTS not in sys.path:
 from dinov3_m2f.d2.predictor import SemSegPredictor  # noqa: E402
 
 
-def _predictor(
-    config: str, *, checkpoint: str, backbone_weights: Optional[str], overrides=(), **kwargs
-) -> SemSegPredictor:
-    # The config's default weights path is relative to a training run's working directory;
-    # here the ViT comes from backbone_weights or from a full checkpoint.
-    weights = "null" if backbone_weights is None else backbone_weights
-    return SemSegPredictor.from_config(
-        os.path.join(_REPO, "configs", config),
-        checkpoint=checkpoint,
-        overrides=[f"model.backbone.weights={weights}", *overrides],
-        **kwargs,
-    )
-
-
 def _entry_point(config: str, description: str, weights: str) -> Callable[..., SemSegPredictor]:
     """A hub entry point that builds the predictor of ``configs/<config>``."""
 
     def entry(
-        *, checkpoint: str, backbone_weights: Optional[str] = None, **kwargs
+        *,
+        checkpoint: str,
+        backbone_weights: Optional[str] = None,
+        overrides: Sequence[str] = (),
+        **kwargs,
     ) -> SemSegPredictor:
-        return _predictor(
-            config, checkpoint=checkpoint, backbone_weights=backbone_weights, **kwargs
+        # The config's default weights path is relative to a training run's working directory;
+        # here the ViT comes from backbone_weights or from a full checkpoint.
+        vit_weights = "null" if backbone_weights is None else backbone_weights
+        return SemSegPredictor.from_config(
+            os.path.join(_REPO, "configs", config),
+            checkpoint=checkpoint,
+            overrides=[f"model.backbone.weights={vit_weights}", *overrides],
+            **kwargs,
         )
 
     entry.__doc__ = f"""{description} (``configs/{config}``).

@@ -1,29 +1,20 @@
 """tools/convert_weights.py on the official fixture: head-only and full checkpoints, class merge, errors,
 and evaluation of a converted checkpoint through the Detectron2 model."""
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import load_tool
 from test_official_parity import FIXTURE, _build
 
 from dinov3_m2f.modeling.class_merge import load_class_merge
 from dinov3_m2f.modeling.mask2former_head import Mask2FormerHead, official_dinov3_head_kwargs
 from dinov3_m2f.modeling.official_weights import BACKBONE_PREFIX
 
-TOOL = Path(__file__).parent.parent / "tools" / "convert_weights.py"
 TOL_SCORES = 1e-3  # the fixture README's tolerance for semantic_probs
 
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("convert_weights", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _load_tool()
+tool = load_tool("convert_weights")
 
 
 @pytest.fixture(scope="module")

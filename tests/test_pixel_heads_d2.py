@@ -38,6 +38,17 @@ def _batch(size=(64, 96), num=2, seed=0):
     ]
 
 
+def _linear_segmentor(**kwargs) -> DINOv3PixelSegmentor:
+    """A 3-class linear probe on the tiny seeded ViT's last block."""
+    return DINOv3PixelSegmentor(
+        backbone=D2DINOv3ViTBackbone(preset=None, vit_kwargs=TINY_VIT, init_seed=0),
+        sem_seg_head=LinearHead(in_channels=32, num_classes=3),
+        criterion=PixelSegmentationLoss(num_classes=3),
+        num_classes=3,
+        **kwargs,
+    )
+
+
 def test_registered():
     assert META_ARCH_REGISTRY.get("DINOv3PixelSegmentor") is DINOv3PixelSegmentor
     assert BACKBONE_REGISTRY.get("D2DINOv3ViTBackbone") is D2DINOv3ViTBackbone
@@ -61,16 +72,9 @@ def test_vit_backbone_returns_last_layers_patch_grids():
 
 
 def test_in_features_are_validated():
-    backbone = D2DINOv3ViTBackbone(preset=None, vit_kwargs=TINY_VIT, init_seed=0)
-    kwargs = dict(
-        backbone=backbone,
-        sem_seg_head=LinearHead(in_channels=32, num_classes=3),
-        criterion=PixelSegmentationLoss(num_classes=3),
-        num_classes=3,
-    )
-    assert DINOv3PixelSegmentor(**kwargs).in_features == ["layer0"]
+    assert _linear_segmentor().in_features == ["layer0"]
     with pytest.raises(ValueError, match="res5"):
-        DINOv3PixelSegmentor(in_features=["res5"], **kwargs)
+        _linear_segmentor(in_features=["res5"])
     assert total_channels(dinov3_vit_shape(channels=32, num_layers=4)) == 128
 
 
@@ -110,16 +114,7 @@ def test_synthetic_config_trains_and_predicts_original_size(name):
 
 
 def test_slide_inference_and_padded_labels():
-    backbone = D2DINOv3ViTBackbone(preset=None, vit_kwargs=TINY_VIT, init_seed=0)
-    model = DINOv3PixelSegmentor(
-        backbone=backbone,
-        sem_seg_head=LinearHead(in_channels=32, num_classes=3),
-        criterion=PixelSegmentationLoss(num_classes=3),
-        num_classes=3,
-        test_mode="slide",
-        slide_crop_size=(32, 32),
-        slide_stride=(16, 16),
-    )
+    model = _linear_segmentor(test_mode="slide", slide_crop_size=(32, 32), slide_stride=(16, 16))
     model.eval()
     with torch.no_grad():
         out = model([{"image": torch.randint(0, 256, (3, 40, 56), dtype=torch.uint8)}])

@@ -2,6 +2,7 @@
 evaluation, atomic checkpoints, untrusted and foreign checkpoints, all-ignore crops, wrong roots."""
 import glob
 import os
+import shutil
 import subprocess
 
 import cv2
@@ -15,7 +16,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.evaluation import SemSegEvaluator, inference_on_dataset  # noqa: E402
 from helpers import write_code_executing_checkpoint  # noqa: E402
 from test_d2_meta_arch import _image, _tiny_model  # noqa: E402
-from test_train_net import SUBPROCESS_TIMEOUT_S, _command, _Tiny, env  # noqa: E402,F401
+from test_train_net import SUBPROCESS_TIMEOUT_S, _command, _Tiny  # noqa: E402
 from torch import nn  # noqa: E402
 
 from dinov3_m2f.d2 import datasets as ds  # noqa: E402
@@ -81,8 +82,12 @@ def test_training_mapper_names_an_unreadable_image(tmp_path):
         _test_mapper()(record)
 
 
-def test_training_run_stops_naming_the_unreadable_image(env, tmp_path):  # noqa: F811
-    root = os.path.join(env["DETECTRON2_DATASETS"], "dinov3_m2f_synthetic")
+def test_training_run_stops_naming_the_unreadable_image(synthetic_env, tmp_path):
+    # The images are broken in a private copy: the session's synthetic dataset stays intact.
+    shared = os.path.join(synthetic_env["DETECTRON2_DATASETS"], "dinov3_m2f_synthetic")
+    root = str(tmp_path / "datasets" / "dinov3_m2f_synthetic")
+    shutil.copytree(shared, root)
+    env = {**synthetic_env, "DETECTRON2_DATASETS": str(tmp_path / "datasets")}
     train_images = sorted(glob.glob(os.path.join(root, "train", "images", "*.png")))
     for path in train_images:  # every image, so that the first batch hits one
         _truncate(path)

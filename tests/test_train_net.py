@@ -168,22 +168,6 @@ def test_unknown_override_key_is_named():
 # ---------------------------------------------------------------- end-to-end (subprocesses)
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    """Subprocess environment with a generated synthetic dataset (shared by the module)."""
-    from dinov3_m2f.data.synthetic import ensure_synthetic_dataset
-
-    datasets = tmp_path_factory.mktemp("datasets")
-    ensure_synthetic_dataset(os.path.join(str(datasets), "dinov3_m2f_synthetic"))
-    environ = dict(os.environ)
-    environ["DETECTRON2_DATASETS"] = str(datasets)
-    environ["PYTHONPATH"] = os.pathsep.join(
-        [os.path.join(REPO, "projects"), environ.get("PYTHONPATH", "")]
-    )
-    environ["OMP_NUM_THREADS"] = "1"
-    return environ
-
-
 def _command(output_dir, *extra):
     return [sys.executable, TRAIN_NET, "--config-file", CONFIG, *extra,
             f"train.output_dir={output_dir}", *FAST_OVERRIDES]
@@ -204,9 +188,10 @@ def _final_metrics(output_dir):
     return [e for e in entries if "sem_seg/mIoU" in e][-1]
 
 
-def test_train_then_eval_only_reproduces_metrics(env, tmp_path):
+def test_train_then_eval_only_reproduces_metrics(synthetic_env, tmp_path):
     out = str(tmp_path / "run")
-    _run(env, out, "train.max_iter=3", "train.checkpointer.period=2", "train.eval_period=0")
+    _run(synthetic_env, out, "train.max_iter=3", "train.checkpointer.period=2",
+         "train.eval_period=0")
     files = sorted(os.listdir(out))
     assert {"model_0000001.pth", "model_final.pth", "last_checkpoint", "metrics.json"} <= set(files)
     assert any(f.startswith("events.out.tfevents") for f in files)
@@ -217,19 +202,20 @@ def test_train_then_eval_only_reproduces_metrics(env, tmp_path):
     trained = _final_metrics(out)
 
     eval_out = str(tmp_path / "eval")
-    _run(env, eval_out, "--eval-only", f"train.init_checkpoint={out}/model_final.pth")
+    _run(synthetic_env, eval_out, "--eval-only", f"train.init_checkpoint={out}/model_final.pth")
     with open(os.path.join(eval_out, "eval_results.json")) as f:
         evaluated = json.load(f)["sem_seg"]
     for key in ("mIoU", "fwIoU", "mACC", "pACC"):
         assert evaluated[key] == pytest.approx(trained[f"sem_seg/{key}"], abs=1e-6)
 
 
-def test_resume_continues_from_the_saved_iteration(env, tmp_path):
+def test_resume_continues_from_the_saved_iteration(synthetic_env, tmp_path):
     out = str(tmp_path / "run")
     os.makedirs(out)
     proc = subprocess.Popen(
         _command(out, "train.max_iter=1000", "train.checkpointer.period=2", "train.eval_period=0"),
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env=synthetic_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     last = os.path.join(out, "last_checkpoint")
     deadline = time.time() + SUBPROCESS_TIMEOUT_S
@@ -244,13 +230,14 @@ def test_resume_continues_from_the_saved_iteration(env, tmp_path):
     with open(last) as f:
         saved_iter = int(re.fullmatch(r"model_(\d+)\.pth", f.read().strip()).group(1))
 
-    log = _run(env, out, "--resume", f"train.max_iter={saved_iter + 3}", "train.eval_period=0")
+    log = _run(synthetic_env, out, "--resume", f"train.max_iter={saved_iter + 3}",
+               "train.eval_period=0")
     assert f"Starting training from iteration {saved_iter + 1}" in log
     final = torch.load(os.path.join(out, "model_final.pth"), weights_only=True)
     assert final["iteration"] == saved_iter + 2
 
 
-def test_two_cpu_processes_end_with_identical_weights(env, tmp_path):
+def test_two_cpu_processes_end_with_identical_weights(synthetic_env, tmp_path):
     out = str(tmp_path / "ddp")
     script = tmp_path / "ddp_train.py"
     # Runs train_net's main through launch() and dumps every rank's final weights; the patch is
@@ -281,7 +268,7 @@ if __name__ == "__main__":
     command = _command(out, "--num-gpus", "2", "--dist-url", "auto", "train.max_iter=3",
                        "train.eval_period=0", "train.checkpointer.period=100")
     command[1] = str(script)
-    proc = subprocess.run(command, env=env, capture_output=True, text=True,
+    proc = subprocess.run(command, env=synthetic_env, capture_output=True, text=True,
                           timeout=SUBPROCESS_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-4000:]
     log = proc.stdout + proc.stderr

@@ -211,21 +211,6 @@ def test_early_stopping_counter_resets_on_improvement(tmp_path):
 # ---------------------------------------------------------------- end-to-end (train_net)
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    from dinov3_m2f.data.synthetic import ensure_synthetic_dataset
-
-    datasets = tmp_path_factory.mktemp("datasets")
-    ensure_synthetic_dataset(os.path.join(str(datasets), "dinov3_m2f_synthetic"))
-    environ = dict(os.environ)
-    environ["DETECTRON2_DATASETS"] = str(datasets)
-    environ["PYTHONPATH"] = os.pathsep.join(
-        [os.path.join(REPO, "projects"), environ.get("PYTHONPATH", "")]
-    )
-    environ["OMP_NUM_THREADS"] = "1"
-    return environ
-
-
 def _train(env, out, *overrides):
     command = [sys.executable, TRAIN_NET, "--config-file", LINEAR_CONFIG,
                f"train.output_dir={out}", "dataloader.train.total_batch_size=2",
@@ -239,9 +224,9 @@ def _train(env, out, *overrides):
     return proc.stdout + proc.stderr, [e for e in entries if "sem_seg/mIoU" in e]
 
 
-def test_train_net_best_checkpoint_and_accumulation(env, tmp_path):
+def test_train_net_best_checkpoint_and_accumulation(synthetic_env, tmp_path):
     out = str(tmp_path / "best")
-    _, evals = _train(env, out, "train.max_iter=8", "train.eval_period=2",
+    _, evals = _train(synthetic_env, out, "train.max_iter=8", "train.eval_period=2",
                       "train.grad_accum_steps=2")
     # the final evaluation is logged one past the last iteration (detectron2's storage)
     assert [e["iteration"] for e in evals] == [1, 3, 5, 8]
@@ -252,11 +237,12 @@ def test_train_net_best_checkpoint_and_accumulation(env, tmp_path):
     assert final["iteration"] == 7
 
 
-def test_train_net_head_only_flat_metric_stops_early(env, tmp_path):
+def test_train_net_head_only_flat_metric_stops_early(synthetic_env, tmp_path):
     out = str(tmp_path / "stop")
     # lr 0 and a frozen (eval-mode) BatchNorm: the metric cannot change.
-    log, evals = _train(env, out, "train.max_iter=50", "train.eval_period=2", "optimizer.lr=0.0",
-                        "train.trainable=[sem_seg_head.conv]", "train.early_stopping={patience:1}")
+    log, evals = _train(synthetic_env, out, "train.max_iter=50", "train.eval_period=2",
+                        "optimizer.lr=0.0", "train.trainable=[sem_seg_head.conv]",
+                        "train.early_stopping={patience:1}")
     assert "Stopping after iteration 3 of 50: early stopping" in log
     assert [e["iteration"] for e in evals] == [1, 3]
     final = torch.load(os.path.join(out, "model_final.pth"), weights_only=True)
