@@ -12,7 +12,7 @@ from detectron2.utils import comm
 from torch import nn
 
 from dinov3_m2f.modeling.adapter import OUT_STRIDES, SIZE_DIVISIBILITY, DINOv3Adapter
-from dinov3_m2f.modeling.dinov3 import INTERACTION_INDEXES, build_dinov3, load_dinov3_weights
+from dinov3_m2f.modeling.dinov3 import build_dinov3, get_interaction_indexes, load_dinov3_weights
 
 logger = logging.getLogger(__name__)
 
@@ -175,12 +175,9 @@ class D2DINOv3Backbone(_PaddedBackbone):
         """
         super().__init__()
         if interaction_indexes is None:
-            if preset not in INTERACTION_INDEXES:
-                raise ValueError(
-                    f"interaction_indexes is required for preset={preset!r} "
-                    f"(known presets: {sorted(INTERACTION_INDEXES)})"
-                )
-            interaction_indexes = INTERACTION_INDEXES[preset]
+            if preset is None:
+                raise ValueError("interaction_indexes is required when preset is None")
+            interaction_indexes = get_interaction_indexes(preset)
         vit = build_frozen_vit(
             preset=preset, weights=weights, init_seed=init_seed, vit_kwargs=vit_kwargs
         )

@@ -11,7 +11,7 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from torch import nn
 
-from dinov3_m2f.modeling.dinov3 import NORMALIZATION
+from dinov3_m2f.modeling.dinov3 import get_normalization
 from dinov3_m2f.modeling.semantic_inference import semantic_probs, slide_inference, tta_inference
 from dinov3_m2f.modeling.targets import prepare_targets
 
@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["DINOv3Mask2Former", "DINOv3SemSegBase"]
 
 TEST_MODES = ("whole", "slide", "tta")
-# Images come as 0..255 pixel values; NORMALIZATION holds mean/std on the 0..1 scale.
+# Images come as 0..255 pixel values; the normalization presets hold mean/std on the 0..1 scale.
 PIXEL_SCALE = 255.0
 
 
@@ -68,10 +68,7 @@ class DINOv3SemSegBase(nn.Module):
             tta_flip: add horizontally flipped TTA views.
         """
         super().__init__()
-        if normalization not in NORMALIZATION:
-            raise ValueError(
-                f"normalization={normalization!r} is not one of {sorted(NORMALIZATION)}"
-            )
+        mean, std = get_normalization(normalization)
         if test_mode not in TEST_MODES:
             raise ValueError(f"test_mode={test_mode!r} is not one of {TEST_MODES}")
         if test_mode == "slide" and (slide_crop_size is None or slide_stride is None):
@@ -88,7 +85,6 @@ class DINOv3SemSegBase(nn.Module):
         self.slide_stride = tuple(slide_stride) if slide_stride else None
         self.tta_scales = tuple(tta_scales)
         self.tta_flip = tta_flip
-        mean, std = NORMALIZATION[normalization]
         # Derived from the config, so not stored in checkpoints.
         self.register_buffer(
             "pixel_mean", torch.tensor(mean).view(-1, 1, 1) * PIXEL_SCALE, persistent=False

@@ -114,7 +114,7 @@ def get_normalization(name: str) -> Tuple[Tuple[float, float, float], Tuple[floa
     """
     key = name.lower()
     if key not in NORMALIZATION:
-        raise _unknown_name_error("pretraining dataset", name, NORMALIZATION)
+        raise _unknown_name_error("normalization (pretraining dataset)", name, NORMALIZATION)
     return NORMALIZATION[key]
 
 
