@@ -45,3 +45,16 @@ def tiny_synthetic_checkpoint(synthetic_env, tmp_path_factory):
                           timeout=_TRAIN_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return os.path.join(out, "model_final.pth")
+
+
+@pytest.fixture
+def catalog():
+    """Remove every dataset registered during the test from detectron2's global catalogs."""
+    pytest.importorskip("detectron2")
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    before = set(DatasetCatalog.list())
+    yield
+    for name in set(DatasetCatalog.list()) - before:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)

@@ -10,7 +10,7 @@ from test_official_parity import FIXTURE, _build
 
 from dinov3_m2f.modeling.class_merge import load_class_merge
 from dinov3_m2f.modeling.mask2former_head import Mask2FormerHead, official_dinov3_head_kwargs
-from dinov3_m2f.modeling.official_weights import BACKBONE_PREFIX
+from dinov3_m2f.modeling.official_weights import BACKBONE_PREFIX, convert_official_segmentor_state_dict
 
 TOL_SCORES = 1e-3  # the fixture README's tolerance for semantic_probs
 
@@ -146,7 +146,7 @@ def test_converted_head_evaluates_in_the_d2_model(fixture, tmp_path):
     model = DINOv3Mask2Former(backbone=backbone, sem_seg_head=head, criterion=criterion, num_classes=num_classes)
     model.eval()
     # the ViT comes from its own weights (model.backbone.weights in a config)
-    vit_state = {k[len(BACKBONE_PREFIX):]: v for k, v in fixture["state_dict"].items() if k.startswith(BACKBONE_PREFIX)}
+    vit_state = convert_official_segmentor_state_dict(fixture["state_dict"])["backbone"]
     model.backbone.vit.load_state_dict(vit_state, strict=True)
     source = _save(fixture["head_state_dict"], tmp_path / "m2f_head.pth")
     out = tmp_path / "converted.pth"

@@ -16,16 +16,6 @@ CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs", "common", 
 
 
 @pytest.fixture
-def catalog():
-    """Remove every dataset registered during the test from the global catalogs."""
-    before = set(DatasetCatalog.list())
-    yield
-    for name in set(DatasetCatalog.list()) - before:
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
-
-
-@pytest.fixture
 def unregistered_loveda():
     """The standard LoveDA names unregistered before and after the test, so that a config registers
     them under the test's ``$DETECTRON2_DATASETS`` whatever ran earlier in this process."""

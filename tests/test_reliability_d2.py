@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("detectron2")
 
 import torch  # noqa: E402
-from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
+from detectron2.data import DatasetCatalog  # noqa: E402
 from detectron2.evaluation import SemSegEvaluator, inference_on_dataset  # noqa: E402
 from helpers import write_code_executing_checkpoint  # noqa: E402
 from test_d2_meta_arch import _image, _tiny_model  # noqa: E402
@@ -27,16 +27,6 @@ from dinov3_m2f.d2.mapper import SemSegDatasetMapper, UnreadableImageError  # no
 NUM_CLASSES = 3
 SIZE = (12, 16)  # H, W
 CLASS_NAMES = ["a", "b", "c"]
-
-
-@pytest.fixture
-def catalog():
-    """Remove every dataset registered during the test from the global catalogs."""
-    before = set(DatasetCatalog.list())
-    yield
-    for name in set(DatasetCatalog.list()) - before:
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
 
 
 def _write_pair(root, stem, label):
