@@ -9,10 +9,12 @@ reproduces the official DINOv3 evaluation (slide per TTA view, views averaged).
 """
 import logging
 import math
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+
+from ..windows import window_starts
 
 __all__ = ["semantic_probs", "slide_inference", "tta_inference"]
 
@@ -61,12 +63,6 @@ def _check_prediction(scores: torch.Tensor, images: torch.Tensor, num_classes: O
         )
 
 
-def _window_starts(size: int, crop: int, stride: int) -> List[int]:
-    """Window starts along one axis: every ``stride``, the last one flush with the end."""
-    num_windows = max(math.ceil((size - crop) / stride), 0) + 1
-    return [min(i * stride, size - crop) for i in range(num_windows)]
-
-
 def slide_inference(
     predict: Predictor,
     images: torch.Tensor,
@@ -103,8 +99,8 @@ def slide_inference(
     crop_h, crop_w = min(crop_size[0], height), min(crop_size[1], width)
     scores = images.new_zeros((batch, num_classes, height, width), dtype=torch.float32)
     counts = images.new_zeros((1, 1, height, width), dtype=torch.float32)
-    for y in _window_starts(height, crop_h, stride[0]):
-        for x in _window_starts(width, crop_w, stride[1]):
+    for y in window_starts(height, crop_h, stride[0]):
+        for x in window_starts(width, crop_w, stride[1]):
             crop = images[:, :, y : y + crop_h, x : x + crop_w]
             crop_scores = predict(crop)  # [B, C, crop_h, crop_w]
             _check_prediction(crop_scores, crop, num_classes)
