@@ -1,11 +1,13 @@
-"""Small file helpers shared by the library and the command-line tools (no detectron2)."""
+"""Small file helpers shared by the library and the command-line tools (no detectron2).
+
+torch is imported inside the functions that use it, so that ``atomic_open`` and the ``data``
+modules built on it also work where torch is not installed (the ONNX runner).
+"""
 import contextlib
 import os
 import pickle
 import tempfile
 from typing import IO, Any, Iterator
-
-import torch
 
 __all__ = ["atomic_open", "atomic_torch_save", "safe_torch_load"]
 
@@ -73,6 +75,8 @@ def atomic_torch_save(obj: Any, path: str) -> None:
         obj: object to save.
         path: destination file; its folder must exist.
     """
+    import torch
+
     with atomic_open(path, "wb", suffix=".pth") as f:
         torch.save(obj, f)
 
@@ -90,7 +94,10 @@ def safe_torch_load(path: str, *, what: str = "checkpoint") -> Any:
     Raises:
         ValueError: the file is truncated, corrupt, not a torch file, or holds pickled code.
     """
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except TORCH_LOAD_ERRORS as exc:
         raise ValueError(f"Could not read {what} {path} with torch.load(weights_only=True): {exc}") from exc
+
