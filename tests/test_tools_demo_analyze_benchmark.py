@@ -17,6 +17,7 @@ from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
 
 from dinov3_m2f.d2.config import load_config  # noqa: E402
+from dinov3_m2f.data.files import collect_image_files  # noqa: E402
 from dinov3_m2f.layers import _extension, ms_deform_attn  # noqa: E402
 from helpers import load_tool  # noqa: E402
 
@@ -74,16 +75,16 @@ def test_demo_fails_when_no_image_is_readable(demo, tiny_synthetic_checkpoint, i
     assert any("corrupt.png" in r.getMessage() for r in caplog.records)
 
 
-def test_demo_input_collection(demo, image_folder, tmp_path):
-    files = demo.collect_inputs([str(image_folder / "*.png"), str(image_folder)])
+def test_demo_input_collection(image_folder, tmp_path):
+    files = collect_image_files([str(image_folder / "*.png"), str(image_folder)])
     assert len(files) == 3 and files == sorted(files)  # the folder repeats the glob: no duplicates
     with pytest.raises(FileNotFoundError, match="nothing_here"):
-        demo.collect_inputs([str(image_folder / "nothing_here*.png")])
+        collect_image_files([str(image_folder / "nothing_here*.png")])
     other = tmp_path / "other"
     other.mkdir()
     shutil.copy(image_folder / "corrupt.png", other)
     with pytest.raises(ValueError, match="corrupt"):
-        demo.collect_inputs([str(image_folder), str(other)])
+        collect_image_files([str(image_folder), str(other)])
 
 
 def test_analyze_model_totals_match_the_frozen_vit(capsys):

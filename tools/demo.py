@@ -19,27 +19,19 @@ Examples:
         --tta-flip "tiles/*.png" --opts model.backbone.weights=checkpoints/vitl16_sat493m.pth
 """
 import argparse
-import glob
 import logging
 import os
 import sys
 from typing import List, Optional, Sequence
 
-import numpy as np
-from detectron2.utils.visualizer import ColorMode, Visualizer
-from PIL import Image
 from tqdm import tqdm
 
 from dinov3_m2f.d2.mapper import UnreadableImageError, read_image_or_raise
 from dinov3_m2f.d2.predictor import SemSegPredictor
+from dinov3_m2f.data.files import collect_image_files
+from dinov3_m2f.data.visualization import check_label_png_classes, write_segmentation
 
 logger = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-# Label PNGs are uint8: class ids 0..254 (255 is the usual ignore value).
-MAX_UINT8_CLASSES = 255
-OVERLAY_SUFFIX = "_overlay.png"
-LABELS_SUFFIX = "_labels.png"
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -71,65 +63,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def collect_inputs(patterns: Sequence[str]) -> List[str]:
-    """Expand files, folders and glob patterns into a list of files (order kept, no duplicates).
-
-    Args:
-        patterns: the command-line inputs.
-
-    Returns:
-        The files.
-    """
-    files: List[str] = []
-    for pattern in patterns:
-        if os.path.isdir(pattern):
-            found = [
-                os.path.join(pattern, name)
-                for name in sorted(os.listdir(pattern))
-                if name.lower().endswith(IMAGE_SUFFIXES)
-            ]
-        elif os.path.isfile(pattern):
-            found = [pattern]
-        else:
-            found = sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
-        if not found:
-            raise FileNotFoundError(f"input {pattern!r} matches no image file")
-        files.extend(f for f in found if f not in files)
-    stems = [os.path.splitext(os.path.basename(f))[0] for f in files]
-    clashes = sorted({s for s in stems if stems.count(s) > 1})
-    if clashes:
-        raise ValueError(
-            f"several inputs share the file name stem(s) {clashes}; their outputs would overwrite "
-            "each other, run them separately"
-        )
-    return files
-
-
-def save_outputs(
-    image: np.ndarray, labels: np.ndarray, *, predictor: SemSegPredictor, stem: str,
-    output: str, alpha: float,
-) -> None:
-    """Write ``<stem>_overlay.png`` and ``<stem>_labels.png`` into ``output``.
-
-    Args:
-        image: RGB uint8 [H, W, 3].
-        labels: class ids [H, W].
-        predictor: gives the metadata (class names and colors).
-        stem: output name stem.
-        output: output folder.
-        alpha: overlay opacity.
-    """
-    visualizer = Visualizer(image, predictor.metadata, instance_mode=ColorMode.IMAGE)
-    overlay = visualizer.draw_sem_seg(labels, alpha=alpha).get_image()  # [H, W, 3] RGB
-    Image.fromarray(overlay).save(os.path.join(output, stem + OVERLAY_SUFFIX))
-    Image.fromarray(labels.astype(np.uint8)).save(os.path.join(output, stem + LABELS_SUFFIX))
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the demo; returns the exit code."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    files = collect_inputs(args.inputs)
+    files = collect_image_files(args.inputs)
     predictor = SemSegPredictor.from_config(
         args.config_file,
         checkpoint=args.checkpoint,
@@ -142,11 +80,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         tta_scales=args.tta_scales,
         tta_flip=args.tta_flip,
     )
-    if len(predictor.class_names) > MAX_UINT8_CLASSES:
-        raise ValueError(
-            f"{len(predictor.class_names)} classes do not fit the uint8 label PNG "
-            f"(at most {MAX_UINT8_CLASSES})"
-        )
+    check_label_png_classes(len(predictor.class_names))
     os.makedirs(args.output, exist_ok=True)
     skipped: List[str] = []
     for path in tqdm(files, desc="demo", unit="image", disable=len(files) == 1):
@@ -158,8 +92,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             continue
         labels = predictor(image)
         stem = os.path.splitext(os.path.basename(path))[0]
-        save_outputs(image, labels, predictor=predictor, stem=stem, output=args.output,
-                     alpha=args.alpha)
+        write_segmentation(image, labels, output_dir=args.output, stem=stem,
+                           class_names=predictor.class_names,
+                           colors=predictor.metadata.get("stuff_colors", None), alpha=args.alpha)
     done = len(files) - len(skipped)
     logger.info("Segmented %d of %d images into %s", done, len(files), args.output)
     if skipped:

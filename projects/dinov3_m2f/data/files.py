@@ -1,16 +1,21 @@
-"""Finding the files of a semantic segmentation dataset on disk (no detectron2).
+"""Finding the files of a semantic segmentation dataset, or of an inference run, on disk (no
+detectron2).
 
 Images and masks are paired by their path relative to the image or mask directory, minus the file
 ending (``images/a/1.jpg`` pairs with ``masks/a/1.png``). :func:`pair_image_mask_files` only
 collects what it finds; the callers decide what a gap means: the dataset registration raises one
-error, the dataset checker reports every unpaired file.
+error, the dataset checker reports every unpaired file. :func:`collect_image_files` expands the
+inputs of the inference tools (``tools/demo.py``, ``tools/infer_onnx.py``).
 """
+import glob
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "INPUT_IMAGE_SUFFIXES",
+    "collect_image_files",
     "MASK_SUFFIX",
     "FilePairing",
     "datasets_root",
@@ -21,6 +26,8 @@ __all__ = [
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MASK_SUFFIX = ".png"
+# Files the inference tools take from an input folder.
+INPUT_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def datasets_root() -> str:
@@ -143,3 +150,42 @@ def pair_image_mask_files(
     _check_directory(mask_dir, "mask", layout)
     masks, mask_duplicates = list_files(mask_dir, (mask_suffix,))
     return FilePairing(images=images, masks=masks, duplicates=duplicates + mask_duplicates)
+
+
+def collect_image_files(patterns: Sequence[str]) -> List[str]:
+    """Expand image files, folders (their images, sorted, not recursive) and glob patterns into a
+    list of files, in order and without duplicates.
+
+    Args:
+        patterns: the command-line inputs.
+
+    Returns:
+        The files.
+
+    Raises:
+        FileNotFoundError: an input matches no file.
+        ValueError: two files share a name stem, so their outputs would overwrite each other.
+    """
+    files: List[str] = []
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            found = [
+                os.path.join(pattern, name)
+                for name in sorted(os.listdir(pattern))
+                if name.lower().endswith(INPUT_IMAGE_SUFFIXES)
+            ]
+        elif os.path.isfile(pattern):
+            found = [pattern]
+        else:
+            found = sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
+        if not found:
+            raise FileNotFoundError(f"input {pattern!r} matches no image file")
+        files.extend(f for f in found if f not in files)
+    stems = [os.path.splitext(os.path.basename(f))[0] for f in files]
+    clashes = sorted({s for s in stems if stems.count(s) > 1})
+    if clashes:
+        raise ValueError(
+            f"several inputs share the file name stem(s) {clashes}; their outputs would overwrite "
+            "each other, run them separately"
+        )
+    return files
