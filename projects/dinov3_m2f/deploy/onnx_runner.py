@@ -1,0 +1,163 @@
+"""Semantic segmentation with an exported ONNX model on onnxruntime.
+
+Needs numpy and onnxruntime only: no torch, no detectron2, no compiled extension. The model is a
+file written by ``tools/export_model.py --format onnx`` (input ``image`` [B, 3, H, W] RGB 0..255,
+outputs ``probs`` [B, C, H, W] and ``labels``); its class names and colours come from the
+model's metadata.
+
+Inference modes, as in the Detectron2 model (``model.test_mode``):
+
+* whole image: the image goes through the model as it is (the model pads it internally);
+* sliding windows: windows of ``crop_size`` every ``stride`` pixels, the last one flush with the
+  border, scores averaged where windows overlap (``dinov3_m2f.modeling.slide_inference``).
+
+A model exported with static shapes only takes inputs of its export size: whole-image inference
+then needs images of that size, sliding windows need ``crop_size`` equal to it and images at
+least that large. A model exported with ``--dynamic`` takes any size.
+"""
+import logging
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import onnxruntime as ort
+
+from ..windows import window_starts
+from .metadata import METADATA_KEY, parse_metadata
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["OnnxSemSegmenter"]
+
+DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
+PROBS_OUTPUT = "probs"
+_ORT_INPUT_DTYPES = {"tensor(uint8)": np.uint8, "tensor(float)": np.float32}
+_RGB_CHANNELS = 3
+
+
+class OnnxSemSegmenter:
+    """Runs an exported segmentation model with onnxruntime.
+
+    Attributes:
+        metadata: the model's metadata (``dinov3_m2f.deploy.metadata``).
+        class_names: the C class names.
+        class_colors: C RGB colours, or None.
+        input_dtype: numpy dtype of the model input (uint8 or float32).
+        fixed_size: (H, W) of a statically exported model, None when height and width are free.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        providers: Sequence[str] = DEFAULT_PROVIDERS,
+        num_threads: Optional[int] = None,
+    ):
+        """
+        Args:
+            path: the ``.onnx`` file.
+            providers: onnxruntime execution providers, in order of preference.
+            num_threads: intra-op threads; None = onnxruntime's default (all cores).
+        """
+        options = ort.SessionOptions()
+        if num_threads is not None:
+            options.intra_op_num_threads = num_threads
+        self.path = path
+        self.session = ort.InferenceSession(path, sess_options=options, providers=list(providers))
+        custom = self.session.get_modelmeta().custom_metadata_map
+        if METADATA_KEY not in custom:
+            raise ValueError(f"{path} has no '{METADATA_KEY}' metadata; was it written by tools/export_model.py?")
+        self.metadata = parse_metadata(custom[METADATA_KEY], path=path)
+        self.class_names: List[str] = list(self.metadata["class_names"])
+        self.class_colors = self.metadata.get("class_colors")
+        (model_input,) = self.session.get_inputs()
+        if model_input.type not in _ORT_INPUT_DTYPES:
+            raise ValueError(f"{path}: unsupported input type {model_input.type}")
+        self.input_name = model_input.name
+        self.input_dtype = _ORT_INPUT_DTYPES[model_input.type]
+        height, width = model_input.shape[2:]
+        static = isinstance(height, int) and isinstance(width, int)
+        self.fixed_size: Optional[Tuple[int, int]] = (height, width) if static else None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities of a batch.
+
+        Args:
+            images: [B, 3, H, W] RGB with values in 0..255 (cast to the model's input dtype).
+
+        Returns:
+            float32 [B, C, H, W].
+        """
+        if images.ndim != 4 or images.shape[1] != _RGB_CHANNELS:
+            raise ValueError(f"images must be [B, 3, H, W] RGB, got shape {images.shape}")
+        if self.fixed_size is not None and tuple(images.shape[2:]) != self.fixed_size:
+            raise ValueError(
+                f"{self.path} was exported for {self.fixed_size[0]}x{self.fixed_size[1]} inputs, got "
+                f"{images.shape[2]}x{images.shape[3]}; export it with --dynamic for other sizes"
+            )
+        feed = {self.input_name: np.ascontiguousarray(images, dtype=self.input_dtype)}
+        (probs,) = self.session.run([PROBS_OUTPUT], feed)
+        return probs
+
+    def predict(
+        self,
+        image: np.ndarray,
+        *,
+        crop_size: Optional[Tuple[int, int]] = None,
+        stride: Optional[Tuple[int, int]] = None,
+    ) -> np.ndarray:
+        """Class probabilities of one image, whole or by sliding windows.
+
+        Args:
+            image: RGB uint8 [H, W, 3].
+            crop_size: (h, w) window size for sliding-window inference; None = whole image.
+                Along an axis where the image is smaller, the window is the whole axis.
+            stride: (h, w) window stride, each in [1, crop size]; needed with ``crop_size``.
+
+        Returns:
+            float32 [C, H, W].
+        """
+        if image.ndim != 3 or image.shape[2] != _RGB_CHANNELS or image.dtype != np.uint8:
+            raise ValueError(f"image must be RGB uint8 [H, W, 3], got {image.dtype} {image.shape}")
+        batch = image.transpose(2, 0, 1)[None]  # [1, 3, H, W]
+        if crop_size is None:
+            if stride is not None:
+                raise ValueError("stride is only used with crop_size (sliding windows)")
+            return self.run(batch)[0]
+        if stride is None or any(not 0 < s <= c for s, c in zip(stride, crop_size)):
+            raise ValueError(f"need 0 < stride <= crop_size, got crop_size={crop_size}, stride={stride}")
+        height, width = image.shape[:2]
+        crop_h, crop_w = min(crop_size[0], height), min(crop_size[1], width)
+        if self.fixed_size is not None and (crop_h, crop_w) != self.fixed_size:
+            raise ValueError(
+                f"{self.path} was exported for {self.fixed_size[0]}x{self.fixed_size[1]} inputs, but the "
+                f"windows of a {height}x{width} image with crop size {tuple(crop_size)} are "
+                f"{crop_h}x{crop_w}; use a crop size equal to the export size on images at least that "
+                "large, or export with --dynamic"
+            )
+        scores = np.zeros((self.num_classes, height, width), dtype=np.float32)
+        counts = np.zeros((height, width), dtype=np.float32)
+        for y in window_starts(height, crop_h, stride[0]):
+            for x in window_starts(width, crop_w, stride[1]):
+                scores[:, y : y + crop_h, x : x + crop_w] += self.run(
+                    batch[:, :, y : y + crop_h, x : x + crop_w]
+                )[0]
+                counts[y : y + crop_h, x : x + crop_w] += 1.0
+        return scores / counts
+
+    def __call__(
+        self,
+        image: np.ndarray,
+        *,
+        crop_size: Optional[Tuple[int, int]] = None,
+        stride: Optional[Tuple[int, int]] = None,
+    ) -> np.ndarray:
+        """Label map of one image: the argmax of :meth:`predict` (same arguments).
+
+        Returns:
+            int64 [H, W] class ids.
+        """
+        return self.predict(image, crop_size=crop_size, stride=stride).argmax(axis=0)

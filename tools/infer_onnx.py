@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Segment image files with an exported ONNX model on onnxruntime (CPU): no torch, no detectron2.
+
+Writes the same files as ``tools/demo.py``, per input ``<stem>.<ext>``:
+    <stem>_overlay.png   the image with the predicted classes drawn over it (class names and
+                         colours from the model's metadata)
+    <stem>_labels.png    uint8 class ids, one channel, same size as the image
+
+Whole-image inference by default; ``--crop-size`` and ``--stride`` switch to sliding windows (the
+Detectron2 model's ``test_mode="slide"``). A model exported without ``--dynamic`` takes only its
+export size: whole images of that size, or windows of that size (``--crop-size`` = export size).
+Images are used as read: resize them as the config's test mapper would, if it resizes.
+
+An image that cannot be read is skipped with a warning naming it; the exit code is 0 when at least
+one image was segmented (the skipped files are listed at the end), 1 when none was.
+
+Examples:
+    python tools/infer_onnx.py --model model_final_128x128.onnx --output out images/
+    python tools/infer_onnx.py --model loveda_dynamic.onnx --output out --crop-size 512 512 \
+        --stride 341 341 "tiles/*.png"
+"""
+import argparse
+import logging
+import os
+import sys
+from typing import List, Optional, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from dinov3_m2f.data.files import collect_image_files
+from dinov3_m2f.data.visualization import check_label_png_classes, write_segmentation
+from dinov3_m2f.deploy.onnx_runner import OnnxSemSegmenter
+
+logger = logging.getLogger("infer_onnx")
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    parser.add_argument("--model", required=True, help="ONNX model written by tools/export_model.py")
+    parser.add_argument("--output", required=True, help="output folder (created if needed)")
+    parser.add_argument("--crop-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                        help="sliding-window size (default: whole image)")
+    parser.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"), default=None,
+                        help="sliding-window stride (with --crop-size)")
+    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="onnxruntime intra-op threads (default: all cores)")
+    args = parser.parse_args(argv)
+    if (args.crop_size is None) != (args.stride is None):
+        parser.error("--crop-size and --stride go together")
+    return args
+
+
+def read_rgb_image(path: str) -> np.ndarray:
+    """An image file as RGB uint8 [H, W, 3], EXIF orientation applied (as detectron2 reads it).
+
+    Raises:
+        OSError: the file is missing or does not decode.
+    """
+    with Image.open(path) as image:
+        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the model on the inputs; returns the exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    files = collect_image_files(args.inputs)
+    segmenter = OnnxSemSegmenter(args.model, num_threads=args.threads)
+    check_label_png_classes(segmenter.num_classes)
+    window = dict(crop_size=args.crop_size, stride=args.stride)
+    os.makedirs(args.output, exist_ok=True)
+    skipped: List[str] = []
+    for path in files:
+        try:
+            image = read_rgb_image(path)
+        except (OSError, SyntaxError) as e:  # PIL: OSError for missing/undecodable, SyntaxError for bad headers
+            logger.warning("Skipping %s: cannot read it (%s)", path, e)
+            skipped.append(path)
+            continue
+        stem = os.path.splitext(os.path.basename(path))[0]
+        write_segmentation(image, segmenter(image, **window), output_dir=args.output, stem=stem,
+                           class_names=segmenter.class_names, colors=segmenter.class_colors,
+                           alpha=args.alpha)
+    done = len(files) - len(skipped)
+    logger.info("Segmented %d of %d images into %s", done, len(files), args.output)
+    if skipped:
+        logger.warning("Skipped %d unreadable file(s): %s", len(skipped), ", ".join(skipped))
+    return 0 if done else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
