@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Convert an official DINOv3 Mask2Former segmentor checkpoint to this project's Detectron2 model.
+"""Convert another project's checkpoint to this project's Detectron2 model.
 
-Input (detected automatically, read with ``torch.load(weights_only=True)``; a raw state dict or one
+``--from dinov3`` (default): an official DINOv3 Mask2Former segmentor checkpoint. Input (detected automatically, read with ``torch.load(weights_only=True)``; a raw state dict or one
 wrapped in ``"model"`` / ``"state_dict"``):
 
 * a released head checkpoint ``*_m2f_head-*.pth``: adapter + head, keys ``segmentation_model.0.*``
@@ -17,9 +17,24 @@ checkpoint: load it with ``train.init_checkpoint`` and give the ViT through
 ``--class-merge mapping.json`` adds the head's class merge (ADE20K-150 -> N classes, see
 ``dinov3_m2f.modeling.class_merge``) and prints the config fields to set.
 
+``--from mask2former``: a Mask2Former model-zoo checkpoint (facebookresearch/Mask2Former; a
+Detectron2 ``.pkl``, read with an unpickler that only rebuilds numpy arrays and plain containers
+and refuses anything else before it runs, or a ``.pth``). Its transformer decoder and pixel
+decoder (deformable encoder, FPN output convolution, mask features) map onto our head; the
+modules that read backbone features (input projections, FPN laterals: their channels are the
+original backbone's), the original backbone and whatever else does not fit are skipped and
+listed (see ``dinov3_m2f.modeling.mask2former_weights``). With ``--config-file`` the keys are also
+checked against that config's head: a key it lacks or with another shape (``class_embed`` for
+another class count) is skipped. Output: ``{"model": sem_seg_head.* tensors, "checkpoint_kind":
+"partial", "converted_from": "mask2former", "skipped": {original key: reason},
+"uninitialized": [our head keys it leaves unset (with --config-file)]}``, to load as a partial
+initialisation through ``train.init_checkpoint``.
+
 Examples:
     python tools/convert_weights.py dinov3_vit7b16_ade20k_m2f_head.pth out/m2f_head_converted.pth
     python tools/convert_weights.py head.pth out/merged.pth --class-merge configs/my_merge.json
+    python tools/convert_weights.py --from mask2former model_final_6b4a3a.pkl out/m2f_init.pth \
+        --config-file configs/ade20k/m2f_vitl16_lvd1689m_512.py
 """
 import argparse
 import logging
@@ -28,15 +43,17 @@ import re
 import sys
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 from dinov3_m2f.modeling.class_merge import OLD_TO_NEW_KEY, load_class_merge
+from dinov3_m2f.modeling.mask2former_weights import Mask2FormerConversion, convert_mask2former_state_dict
 from dinov3_m2f.modeling.official_weights import (
     BACKBONE_PREFIX,
     convert_official_head_state_dict,
     convert_official_segmentor_state_dict,
 )
-from dinov3_m2f.utils import atomic_torch_save, safe_torch_load
+from dinov3_m2f.utils import atomic_torch_save, safe_numpy_pickle_load, safe_torch_load
 
 logger = logging.getLogger("convert_weights")
 
@@ -50,14 +67,23 @@ WRAPPER_KEYS = ("model", "state_dict")
 OFFICIAL_KEY_PREFIX = "segmentation_model."
 # How many keys an error message lists.
 _MAX_LISTED = 5
+SOURCES = ("dinov3", "mask2former")
+PICKLE_EXTENSION = ".pkl"
 
 StateDict = Dict[str, torch.Tensor]
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("input", help="official checkpoint (.pth): released head or full segmentor")
+    parser.add_argument("input", help="checkpoint to convert: official DINOv3 head or segmentor "
+                        "(.pth), or with --from mask2former a Mask2Former checkpoint (.pkl or .pth)")
     parser.add_argument("output", help="converted checkpoint to write (.pth)")
+    parser.add_argument("--from", dest="source", choices=SOURCES, default="dinov3",
+                        help="the project the checkpoint comes from")
+    parser.add_argument("--config-file", default=None,
+                        help="--from mask2former: check the keys against this config's head")
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
+                        help="--from mask2former: overrides of --config-file, key=value (last option)")
     parser.add_argument(
         "--include-backbone",
         action="store_true",
@@ -69,7 +95,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help='merge classes: {"classes": [{"name": ..., "merge": [old ids, 0-based]}, ...]}',
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.source == "mask2former" and (args.include_backbone or args.class_merge):
+        parser.error("--include-backbone and --class-merge convert official DINOv3 checkpoints only")
+    if args.source == "dinov3" and (args.config_file or args.opts):
+        parser.error("--config-file and --opts are used with --from mask2former only")
+    return args
 
 
 def load_official_state_dict(path: str) -> StateDict:
@@ -191,6 +222,80 @@ def convert(
     return state_dict, config
 
 
+def load_mask2former_state_dict(path: str) -> StateDict:
+    """Read a Mask2Former checkpoint (``.pkl`` of numpy arrays, or ``.pth``) as tensors.
+
+    Args:
+        path: checkpoint file; its state dict may be wrapped under ``"model"``.
+
+    Returns:
+        The state dict.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"input checkpoint {path} does not exist")
+    if path.endswith(PICKLE_EXTENSION):
+        loaded: Any = safe_numpy_pickle_load(path, what="Mask2Former checkpoint")
+    else:
+        loaded = safe_torch_load(path, what="Mask2Former checkpoint")
+    if not isinstance(loaded, dict):
+        raise ValueError(f"checkpoint {path} holds a {type(loaded).__name__}, not a state dict")
+    if isinstance(loaded.get("model"), dict):
+        loaded = loaded["model"]
+    bad = [k for k, v in loaded.items() if not isinstance(k, str) or not isinstance(v, (np.ndarray, torch.Tensor))]
+    if bad:
+        raise ValueError(f"checkpoint {path}: {len(bad)} entries are not named arrays, e.g. {bad[:_MAX_LISTED]}")
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v for k, v in loaded.items()}
+
+
+def mask2former_target_shapes(config_file: str, overrides: Sequence[str]) -> Dict[str, Tuple[int, ...]]:
+    """State-dict shapes of the head ``cfg.model.sem_seg_head`` of a config (built on CPU)."""
+    from detectron2.config import instantiate
+
+    from dinov3_m2f.d2.config import load_config
+
+    head = instantiate(load_config(config_file, overrides=overrides).model.sem_seg_head)
+    return {key: tuple(value.shape) for key, value in head.state_dict().items()}
+
+
+def report_mask2former(conversion: Mask2FormerConversion) -> List[str]:
+    """Lines listing what was skipped and left uninitialised (backbone keys summarised)."""
+    lines = []
+    outside = [k for k in conversion.skipped if not k.startswith(D2_HEAD_PREFIX)]
+    for key, reason in conversion.skipped.items():
+        if key.startswith(D2_HEAD_PREFIX):
+            lines.append(f"  skipped {key}: {reason}")
+    if outside:
+        lines.append(f"  skipped {len(outside)} keys outside the head, e.g. {outside[:_MAX_LISTED]}")
+    for key in conversion.uninitialized:
+        lines.append(f"  not in the checkpoint (keeps its initialisation): {D2_HEAD_PREFIX}{key}")
+    return lines
+
+
+def convert_mask2former(args: argparse.Namespace) -> int:
+    """``--from mask2former``: write the converted head and list what was skipped."""
+    target = mask2former_target_shapes(args.config_file, args.opts) if args.config_file else None
+    conversion = convert_mask2former_state_dict(load_mask2former_state_dict(args.input), target_shapes=target)
+    if not conversion.state_dict:
+        raise ValueError(f"nothing in {args.input} fits the target head; see the skipped keys")
+    data: Dict[str, Any] = {
+        "model": {D2_HEAD_PREFIX + k: v for k, v in conversion.state_dict.items()},
+        "checkpoint_kind": "partial",
+        "converted_from": "mask2former",
+        "skipped": dict(conversion.skipped),
+    }
+    if target is not None:
+        data["uninitialized"] = [D2_HEAD_PREFIX + k for k in conversion.uninitialized]
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    atomic_torch_save(data, args.output)
+    print(f"Converted {args.input} -> {args.output}: {len(conversion.state_dict)} head tensors, "
+          f"{len(conversion.skipped)} keys skipped:")
+    for line in report_mask2former(conversion):
+        print(line)
+    print("Load it as a partial initialisation (the ViT, the adapter and every module above start "
+          f"from their initialisation): train.init_checkpoint=\"{args.output}\"")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry; returns the exit code."""
     args = parse_args(argv)
@@ -199,6 +304,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise ValueError(f"output {args.output} must differ from the input")
     if os.path.exists(args.output) and not args.overwrite:
         raise FileExistsError(f"output {args.output} exists; pass --overwrite to replace it")
+    if args.source == "mask2former":
+        return convert_mask2former(args)
     state_dict, config = convert(
         args.input, include_backbone=args.include_backbone, class_merge_path=args.class_merge
     )

@@ -7,9 +7,11 @@ import contextlib
 import os
 import pickle
 import tempfile
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
-__all__ = ["atomic_open", "atomic_torch_save", "safe_torch_load"]
+import numpy as np
+
+__all__ = ["atomic_open", "atomic_torch_save", "safe_numpy_pickle_load", "safe_torch_load"]
 
 # What torch.load(weights_only=True) raises for a truncated, corrupt or foreign file, or for one
 # whose pickle asks for anything but tensors and plain containers (refused, never executed).
@@ -101,3 +103,84 @@ def safe_torch_load(path: str, *, what: str = "checkpoint") -> Any:
     except TORCH_LOAD_ERRORS as exc:
         raise ValueError(f"Could not read {what} {path} with torch.load(weights_only=True): {exc}") from exc
 
+
+# The globals a pickle of numpy arrays in plain containers refers to (numpy 1 and 2 module names).
+_NUMPY_PICKLE_GLOBALS = frozenset(
+    [
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        # protocol 5: arrays rebuilt from an in-band buffer
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("collections", "OrderedDict"),
+    ]
+)
+# Protocol-2 pickles written by Python 3 store bytes as ``_codecs.encode(text, "latin1")``.
+_BYTES_ENCODING = "latin1"
+
+
+def _latin1_bytes(text: str, encoding: str) -> bytes:
+    """The only form of ``_codecs.encode`` a numpy pickle uses: latin-1 text -> bytes."""
+    if not isinstance(text, str) or encoding != _BYTES_ENCODING:
+        raise pickle.UnpicklingError(
+            f"_codecs.encode is only accepted for {_BYTES_ENCODING!r} text, got {type(text).__name__}, {encoding!r}"
+        )
+    return text.encode(_BYTES_ENCODING)
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickler that rebuilds numpy arrays, numpy scalars and plain containers, and refuses every
+    other global before anything is called."""
+
+    def find_class(self, module: str, name: str) -> Callable:
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_bytes
+        if (module, name) in _NUMPY_PICKLE_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(
+            f"it refers to {module}.{name}, which is neither a numpy array nor a plain container"
+        )
+
+
+def safe_numpy_pickle_load(path: str, *, what: str = "checkpoint") -> Any:
+    """Read a pickle that may only hold numpy arrays in dicts, lists and tuples (Detectron2
+    ``.pkl`` checkpoints: ``{"model": {name: ndarray}, ...}``).
+
+    Unlike ``pickle.load``, this never imports or calls anything else: a file whose pickle refers
+    to any other class or function (which could run code) is refused before any of it runs.
+
+    Args:
+        path: the ``.pkl`` file.
+        what: what the file is, for the error message.
+
+    Returns:
+        The unpickled object.
+
+    Raises:
+        ValueError: the file is not such a pickle (also truncated or corrupt files); the message
+            names the file.
+    """
+    try:
+        with open(path, "rb") as f:
+            loaded = _NumpyOnlyUnpickler(f, encoding=_BYTES_ENCODING).load()
+    except FileNotFoundError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError) as exc:
+        raise ValueError(
+            f"Refusing {what} {path}: {exc}. Only numpy arrays in plain containers are read from "
+            "pickle files; nothing in the file was run."
+        ) from exc
+
+    def check(obj: Any) -> None:
+        if isinstance(obj, np.ndarray) and obj.dtype.hasobject:
+            raise ValueError(f"Refusing {what} {path}: it holds a numpy array of Python objects")
+        children = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ()
+        for child in children:
+            check(child)
+
+    check(loaded)
+    return loaded
