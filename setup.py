@@ -63,7 +63,11 @@ setup(
     packages=["dinov3_m2f"]
     + ["dinov3_m2f." + p for p in find_packages(where="projects/dinov3_m2f")],
     install_requires=["fvcore", "pycocotools", "opencv-python-headless", "scipy", "safetensors"],
-    extras_require={"test": ["pytest", "transformers"]},
+    extras_require={
+        "test": ["pytest", "transformers"],
+        # tools/export_model.py (onnx, onnxscript) and the ONNX runner (onnxruntime)
+        "deploy": ["onnx", "onnxruntime", "onnxscript"],
+    },
     ext_modules=_extensions(),
     cmdclass={"build_ext": BuildExtension},
 )

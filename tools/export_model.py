@@ -13,7 +13,8 @@ probabilities) and ``labels`` [B, H, W] (int64 argmax), whole-image inference at
   (``tools/infer_onnx.py``).
 
 Without ``--dynamic`` the batch size is 1 and H x W is fixed to ``--input-size``; with it batch,
-height and width are free (``--input-size`` is only the traced example). Exporting needs the
+height and width are free (``--input-size`` is only the traced example; H and W must be at least
+33, so that the stride-32 feature map has two cells). Exporting needs the
 compiled extension. The checkpoint is loaded like ``--eval-only`` does: a trainable-only
 checkpoint gets the frozen ViT from ``model.backbone.weights`` (or its ``init_seed``).
 
@@ -112,13 +113,7 @@ def build_export_module(predictor: SemSegPredictor) -> SemSegExportModule:
         raise ValueError(
             f"export supports DINOv3Mask2Former models; the config builds a {type(model).__name__}"
         )
-    return SemSegExportModule(
-        backbone=model.backbone,
-        sem_seg_head=model.sem_seg_head,
-        pixel_mean=model.pixel_mean.flatten().tolist(),
-        pixel_std=model.pixel_std.flatten().tolist(),
-        size_divisibility=model.size_divisibility,
-    ).eval()
+    return SemSegExportModule.from_model(model)
 
 
 def exported_probs(path: str, fmt: str) -> Probabilities:

@@ -70,8 +70,10 @@ def export_program(
         module: the model to export; it is put in eval mode.
         example: an input batch [B, 3, H, W] (uint8 or float32, 0..255); its dtype and, unless
             ``dynamic``, its shape are those of the exported program. With ``dynamic`` the batch
-            must hold at least :data:`DYNAMIC_EXAMPLE_BATCH` images.
-        dynamic: make the batch size, height and width free.
+            must hold at least :data:`DYNAMIC_EXAMPLE_BATCH` images, and H, W must exceed the
+            module's ``size_divisibility``.
+        dynamic: make the batch size, height and width free (each side > ``size_divisibility``:
+            the coarsest feature map keeps two cells or more).
 
     Returns:
         The exported program.
@@ -81,6 +83,13 @@ def export_program(
         raise ValueError(
             f"a dynamic export needs an example batch of >= {DYNAMIC_EXAMPLE_BATCH} images "
             f"(got {example.shape[0]}); a batch of 1 would be fixed to 1"
+        )
+    # The coarsest feature map must have two cells per side, else it would be fixed to one.
+    min_side = module.size_divisibility + 1
+    if dynamic and min(example.shape[-2:]) < min_side:
+        raise ValueError(
+            f"a dynamic export needs an example of at least {min_side}x{min_side} pixels, got "
+            f"{tuple(example.shape[-2:])}; the exported model then takes sizes from {min_side} up"
         )
     dynamic_shapes = None
     if dynamic:

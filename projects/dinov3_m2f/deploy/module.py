@@ -80,6 +80,25 @@ class SemSegExportModule(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1))
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1))
 
+    @classmethod
+    def from_model(cls, model: nn.Module) -> "SemSegExportModule":
+        """Wrap a Mask2Former meta-architecture (``DINOv3Mask2Former``), sharing its weights.
+
+        Args:
+            model: a module with ``backbone``, ``sem_seg_head``, ``pixel_mean`` / ``pixel_std``
+                buffers [3, 1, 1] (0..255 scale) and ``size_divisibility``.
+
+        Returns:
+            The exportable module, in eval mode.
+        """
+        return cls(
+            backbone=model.backbone,
+            sem_seg_head=model.sem_seg_head,
+            pixel_mean=model.pixel_mean.flatten().tolist(),
+            pixel_std=model.pixel_std.flatten().tolist(),
+            size_divisibility=model.size_divisibility,
+        ).eval()
+
     def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
@@ -97,5 +116,9 @@ class SemSegExportModule(nn.Module):
         outputs = self.sem_seg_head(self.backbone(x))
         probs = semantic_probs(
             outputs["pred_logits"], outputs["pred_masks"], output_size=tuple(x.shape[-2:])
-        )[:, :, :height, :width]  # [B, C, H, W]
+        )  # [B, C, H', W']
+        # Cropped by index, not by a slice: a slice is a view whose contiguity depends on whether
+        # W == W', and torch.export would fix that answer for every later input size.
+        probs = probs.index_select(2, torch.arange(height, device=probs.device))
+        probs = probs.index_select(3, torch.arange(width, device=probs.device))  # [B, C, H, W]
         return probs, probs.argmax(dim=1)
