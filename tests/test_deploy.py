@@ -1,5 +1,7 @@
 """Deployment: tools/export_model.py (torch.export .pt2 and ONNX), the onnxruntime runner and
-tools/infer_onnx.py, checked against the PyTorch / Detectron2 model on the tiny synthetic model.
+tools/infer_onnx.py, checked against the PyTorch / Detectron2 model on the tiny synthetic model,
+and both export formats on a ViT-S-sized random model (DINOv3 ViT-S/16 + adapter + the original
+Mask2Former head, 150 classes) at 512x512.
 
 Acceptance (dinov3_m2f.deploy.parity): probabilities max-abs <= 1e-4, labels >= 99.9 % identical.
 """
@@ -17,11 +19,15 @@ pytest.importorskip("detectron2")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
+from detectron2.config import instantiate  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from dinov3_m2f.d2.config import load_config  # noqa: E402
 from dinov3_m2f.d2.predictor import SemSegPredictor  # noqa: E402
 from dinov3_m2f.data.synthetic import SYNTHETIC_CLASSES  # noqa: E402
-from dinov3_m2f.deploy.export import example_image, load_program  # noqa: E402
+from dinov3_m2f.deploy.export import example_image, export_onnx, export_program, load_program, save_program  # noqa: E402
+from dinov3_m2f.deploy.metadata import make_metadata  # noqa: E402
+from dinov3_m2f.deploy.module import SemSegExportModule  # noqa: E402
 from dinov3_m2f.deploy.onnx_runner import OnnxSemSegmenter  # noqa: E402
 from dinov3_m2f.deploy.parity import MIN_LABEL_AGREEMENT, compare_probs  # noqa: E402
 from dinov3_m2f.layers import _extension, ms_deform_attn, ms_deform_attn_pytorch  # noqa: E402
@@ -31,6 +37,7 @@ pytestmark = pytest.mark.skipif(not _extension.is_available(), reason="exporting
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "synthetic", "m2f_tiny_synthetic.py")
+ADE20K_CONFIG = os.path.join(REPO, "configs", "ade20k", "m2f_vitl16_lvd1689m_512.py")
 SIZE = 128  # the synthetic images are 128x128
 NUM_VAL_IMAGES = 6
 # Sliding windows for the slide-mode checks: two overlapping windows per axis on a 128 image.
@@ -266,3 +273,45 @@ def test_infer_onnx_skips_unreadable_images(exports, val_images, tmp_path, caplo
     assert any("corrupt.png" in r.getMessage() and r.getMessage().startswith("Skipping") for r in caplog.records)
     assert infer.main([str(folder / "corrupt.png"), "--model", exports["onnx", False],
                        "--output", str(tmp_path / "out2")]) == 1
+
+
+# ---------------------------------------------------------------- ViT-S at 512
+
+VITS_OVERRIDES = [
+    "model.backbone.preset=vits16",
+    "model.backbone.weights=null",
+    "model.backbone.init_seed=0",
+    "model.sem_seg_head.input_shape.channels=384",
+]
+VITS_SIZE = 512
+
+
+def test_vits_sized_random_model_exports_match_pytorch_at_512(tmp_path):
+    """The same parity at a realistic size (the slowest deploy check, about a minute on 2 cores:
+    the ONNX conversion of the full-size graph dominates)."""
+    torch.manual_seed(0)
+    model = instantiate(load_config(ADE20K_CONFIG, overrides=VITS_OVERRIDES).model).eval()
+    module = SemSegExportModule.from_model(model)
+    assert 40e6 < sum(p.numel() for p in module.parameters()) < 50e6  # ViT-S 21.6M + adapter + head
+    image = example_image(height=VITS_SIZE, width=VITS_SIZE)
+    with torch.inference_mode():
+        reference = module(image)[0].numpy()
+    assert np.isfinite(reference).all() and reference.shape == (1, model.num_classes, VITS_SIZE, VITS_SIZE)
+    metadata = make_metadata(
+        class_names=[f"class{i}" for i in range(model.num_classes)], class_colors=None,
+        input_dtype="uint8", input_size=(VITS_SIZE, VITS_SIZE), dynamic=False,
+        pixel_mean=module.pixel_mean.flatten().tolist(), pixel_std=module.pixel_std.flatten().tolist(),
+        size_divisibility=module.size_divisibility, config_file=ADE20K_CONFIG, checkpoint="(random)",
+    )
+
+    program_path = str(tmp_path / "vits.pt2")
+    save_program(export_program(module, image, dynamic=False), program_path, metadata=metadata)
+    program = load_program(program_path)[0].module()
+    with torch.inference_mode():
+        parity = compare_probs(reference, program(image)[0].numpy())
+    assert parity.ok, parity
+
+    onnx_path = str(tmp_path / "vits.onnx")
+    export_onnx(module, onnx_path, example=image, dynamic=False, metadata=metadata)
+    parity = compare_probs(reference, OnnxSemSegmenter(onnx_path).run(image.numpy()))
+    assert parity.ok, parity

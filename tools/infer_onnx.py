@@ -81,7 +81,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             skipped.append(path)
             continue
         stem = os.path.splitext(os.path.basename(path))[0]
-        write_segmentation(image, segmenter(image, **window), output_dir=args.output, stem=stem,
+        labels = segmenter.predict(image, **window).argmax(axis=0)  # [H, W]
+        write_segmentation(image, labels, output_dir=args.output, stem=stem,
                            class_names=segmenter.class_names, colors=segmenter.class_colors,
                            alpha=args.alpha)
     done = len(files) - len(skipped)

@@ -147,17 +147,3 @@ class OnnxSemSegmenter:
                 )[0]
                 counts[y : y + crop_h, x : x + crop_w] += 1.0
         return scores / counts
-
-    def __call__(
-        self,
-        image: np.ndarray,
-        *,
-        crop_size: Optional[Tuple[int, int]] = None,
-        stride: Optional[Tuple[int, int]] = None,
-    ) -> np.ndarray:
-        """Label map of one image: the argmax of :meth:`predict` (same arguments).
-
-        Returns:
-            int64 [H, W] class ids.
-        """
-        return self.predict(image, crop_size=crop_size, stride=stride).argmax(axis=0)
