@@ -29,7 +29,7 @@ from tqdm import tqdm
 from dinov3_m2f.d2.mapper import UnreadableImageError, read_image_or_raise
 from dinov3_m2f.d2.predictor import SemSegPredictor
 from dinov3_m2f.data.files import collect_image_files
-from dinov3_m2f.data.visualization import check_label_png_classes, write_segmentation
+from dinov3_m2f.data.outputs import check_label_png_classes, write_segmentation
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,9 @@ Writes the same files as ``tools/demo.py``, per input ``<stem>.<ext>``:
 Whole-image inference by default; ``--crop-size`` and ``--stride`` switch to sliding windows (the
 Detectron2 model's ``test_mode="slide"``). A model exported without ``--dynamic`` takes only its
 export size: whole images of that size, or windows of that size (``--crop-size`` = export size).
-Images are used as read: resize them as the config's test mapper would, if it resizes.
+Images are read as the rest of the project reads them (``dinov3_m2f.data.image.read_image``: RGB,
+EXIF orientation applied) and used at that size: resize them as the config's test mapper would,
+if it resizes.
 
 An image that cannot be read is skipped with a warning naming it; the exit code is 0 when at least
 one image was segmented (the skipped files are listed at the end), 1 when none was.
@@ -25,11 +27,9 @@ import os
 import sys
 from typing import List, Optional, Sequence
 
-import numpy as np
-from PIL import Image, ImageOps
-
 from dinov3_m2f.data.files import collect_image_files
-from dinov3_m2f.data.visualization import check_label_png_classes, write_segmentation
+from dinov3_m2f.data.image import UnreadableImageError, read_image
+from dinov3_m2f.data.outputs import check_label_png_classes, write_segmentation
 from dinov3_m2f.deploy.onnx_runner import OnnxSemSegmenter
 
 logger = logging.getLogger("infer_onnx")
@@ -53,16 +53,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def read_rgb_image(path: str) -> np.ndarray:
-    """An image file as RGB uint8 [H, W, 3], EXIF orientation applied (as detectron2 reads it).
-
-    Raises:
-        OSError: the file is missing or does not decode.
-    """
-    with Image.open(path) as image:
-        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the model on the inputs; returns the exit code."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -75,9 +65,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     skipped: List[str] = []
     for path in files:
         try:
-            image = read_rgb_image(path)
-        except (OSError, SyntaxError) as e:  # PIL: OSError for missing/undecodable, SyntaxError for bad headers
-            logger.warning("Skipping %s: cannot read it (%s)", path, e)
+            image = read_image(path)
+        except UnreadableImageError as e:
+            logger.warning("Skipping %s: %s", path, e)
             skipped.append(path)
             continue
         stem = os.path.splitext(os.path.basename(path))[0]

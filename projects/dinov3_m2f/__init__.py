@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 # Loads the compiled operators (torch.ops.dinov3_m2f.*) when the extension is built; importing
 # the package never fails without it (the error comes when a compiled op is requested).
-# Without torch only the torch-free modules work: the ONNX runner (``deploy.onnx_runner``),
-# ``visualization``, ``inference_files`` and ``windows``.
+# Without torch only the torch-free modules work: ``data``, ``windows`` and the ONNX runner
+# (``deploy.onnx_runner``, used by ``tools/infer_onnx.py``).
 if importlib.util.find_spec("torch") is not None:
     from .layers import _extension  # noqa: E402,F401
