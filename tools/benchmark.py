@@ -37,7 +37,7 @@ from detectron2.engine import HookBase
 from omegaconf import DictConfig
 from torch import nn
 
-from dinov3_m2f.d2.engine import AMP_DTYPES, SegTrainer, resolve_device
+from dinov3_m2f.d2.trainer import AMP_DTYPES, SegTrainer, resolve_device
 from dinov3_m2f.d2.config import load_config
 
 logger = logging.getLogger(__name__)
