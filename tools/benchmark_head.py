@@ -72,7 +72,8 @@ def build_models(args: argparse.Namespace, dtype: torch.dtype) -> Tuple[DINOv3Ad
             head_kwargs = official_dinov3_head_kwargs(hidden_dim=args.hidden_dim or 2048, num_classes=args.num_classes)
         else:
             head_kwargs = dict(hidden_dim=args.hidden_dim or 256, num_classes=args.num_classes)
-    adapter = DINOv3Adapter(backbone, with_cp=args.with_cp, backbone_dtype=backbone_dtype, **adapter_kwargs)
+    backbone.autocast_dtype = backbone_dtype  # the ViT owns its autocast
+    adapter = DINOv3Adapter(backbone, with_cp=args.with_cp, **adapter_kwargs)
     input_shape = {name: (adapter.out_channels, stride) for name, stride in adapter.out_strides.items()}
     head_kwargs["pixel_decoder_fp32"] = not args.pixel_decoder_low_precision
     head = Mask2FormerHead(input_shape, **head_kwargs)

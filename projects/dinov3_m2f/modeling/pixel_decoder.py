@@ -1,17 +1,15 @@
 """Mask2Former pixel decoder: deformable-attention encoder over the coarse levels + FPN to stride 4."""
-import logging
 from typing import Dict, List, Mapping, Sequence, Tuple
 
+from fvcore.nn.weight_init import c2_xavier_fill
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ..layers import MSDeformAttn
-from .blocks import GROUP_NORM_GROUPS, ConvNormAct, NormSpec, c2_xavier_fill, channels_and_stride, get_norm
+from .blocks import GROUP_NORM_GROUPS, ConvNormAct, NormSpec, channels_and_stride, get_norm
 from .blocks import grid_reference_points, split_levels
 from .position_encoding import PositionEmbeddingSine
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["MSDeformAttnPixelDecoder", "MSDeformAttnEncoderLayer"]
 

@@ -1,15 +1,13 @@
 """Mask2Former transformer decoder: learnable queries with masked cross-attention over 3 scales."""
-import logging
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from fvcore.nn.weight_init import c2_xavier_fill
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .blocks import MLP, c2_xavier_fill
+from .blocks import MLP
 from .position_encoding import PositionEmbeddingSine
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["MultiScaleMaskedTransformerDecoder"]
 
