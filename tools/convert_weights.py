@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
+from dinov3_m2f.data.files import MAX_LISTED
 from dinov3_m2f.modeling.class_merge import OLD_TO_NEW_KEY, load_class_merge
 from dinov3_m2f.modeling.official_weights import (
     BACKBONE_PREFIX,
@@ -49,7 +50,6 @@ D2_CLASS_MERGE_KEY = D2_HEAD_PREFIX + "class_merge." + OLD_TO_NEW_KEY
 WRAPPER_KEYS = ("model", "state_dict")
 OFFICIAL_KEY_PREFIX = "segmentation_model."
 # How many keys an error message lists.
-_MAX_LISTED = 5
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -99,11 +99,11 @@ def load_official_state_dict(path: str) -> StateDict:
         raise ValueError(
             f"checkpoint {path} is not an official DINOv3 segmentor checkpoint: expected only "
             f"'{OFFICIAL_KEY_PREFIX}0.*' (adapter) and '{OFFICIAL_KEY_PREFIX}1.*' (head) keys, "
-            f"found {len(foreign)} others, e.g. {[str(k) for k in foreign[:_MAX_LISTED]]}"
+            f"found {len(foreign)} others, e.g. {[str(k) for k in foreign[:MAX_LISTED]]}"
         )
     not_tensors = [k for k, v in loaded.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
-        raise ValueError(f"checkpoint {path}: values of {not_tensors[:_MAX_LISTED]} are not tensors")
+        raise ValueError(f"checkpoint {path}: values of {not_tensors[:MAX_LISTED]} are not tensors")
     return loaded
 
 

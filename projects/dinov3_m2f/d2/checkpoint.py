@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
+from dinov3_m2f.data.files import MAX_LISTED
 from dinov3_m2f.utils import atomic_open, atomic_torch_save, safe_torch_load
 
 logger = logging.getLogger(__name__)
@@ -162,8 +163,8 @@ class TrainableCheckpointer(DetectionCheckpointer):
         if self.strict and any(incompatible):
             raise RuntimeError(
                 "Checkpoint does not match the model: "
-                f"missing={incompatible.missing_keys[:10]}, "
-                f"unexpected={incompatible.unexpected_keys[:10]}, "
-                f"wrong shapes={incompatible.incorrect_shapes[:10]}"
+                f"missing={incompatible.missing_keys[:MAX_LISTED]}, "
+                f"unexpected={incompatible.unexpected_keys[:MAX_LISTED]}, "
+                f"wrong shapes={incompatible.incorrect_shapes[:MAX_LISTED]}"
             )
         return incompatible

@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 __all__ = [
     "IMAGE_SUFFIXES",
     "MASK_SUFFIX",
+    "MAX_LISTED",
     "FilePairing",
     "datasets_root",
     "duplicate_message",
@@ -21,6 +22,8 @@ __all__ = [
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MASK_SUFFIX = ".png"
+# How many files (or values) one error or warning message lists.
+MAX_LISTED = 10
 
 
 def datasets_root() -> str:

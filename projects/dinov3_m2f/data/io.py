@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from ..utils import atomic_open
+from .files import MAX_LISTED
 
 logger = logging.getLogger(__name__)
 
@@ -38,15 +39,13 @@ IGNORE_VALUE = 255
 MASK_FORMAT_HINT = (
     "convert it to a single-channel label PNG: pixel values are class ids, {ignore} = ignore"
 )
-# How many offending values / files an error message lists before it abbreviates.
-_MAX_LISTED = 10
 # convert_label_pngs logs its progress every this many files.
 _PROGRESS_EVERY = 500
 
 
 def _format_values(values: Sequence[int]) -> str:
-    shown = ", ".join(str(int(v)) for v in values[:_MAX_LISTED])
-    if len(values) > _MAX_LISTED:
+    shown = ", ".join(str(int(v)) for v in values[:MAX_LISTED])
+    if len(values) > MAX_LISTED:
         shown += f", ... ({len(values)} values)"
     return "[" + shown + "]"
 

@@ -1,5 +1,4 @@
 """Mask2Former semantic-segmentation head: pixel decoder + masked transformer decoder."""
-import logging
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 import torch
@@ -9,8 +8,6 @@ from .blocks import NormSpec
 from .class_merge import ClassMerge
 from .pixel_decoder import MSDeformAttnPixelDecoder
 from .transformer_decoder import MultiScaleMaskedTransformerDecoder
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["Mask2FormerHead", "official_dinov3_head_kwargs"]
 

@@ -3,7 +3,6 @@
 Submodule and parameter names follow the official checkpoints (``patch_embed.proj``,
 ``attn.qkv`` with ``bias_mask``, ``attn.proj``, ``mlp.fc1/fc2`` or ``mlp.w1/w2/w3``, ``ls1.gamma``).
 """
-import logging
 from typing import Optional, Tuple
 
 import torch
@@ -11,8 +10,6 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .rope import apply_rope
-
-logger = logging.getLogger(__name__)
 
 # SwiGLU hidden width = int(int(dim * ffn_ratio) * 2 / 3) rounded up to a multiple of this value.
 SWIGLU_ALIGNMENT = {"swiglu": 8, "swiglu32": 32, "swiglu64": 64, "swiglu128": 128}

@@ -1,10 +1,7 @@
 """Architectures of the released DINOv3 ViTs, adapter interaction indexes and input normalisation."""
-import logging
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .vit import LAYER_NORM_EPS, DinoVisionTransformer
-
-logger = logging.getLogger(__name__)
 
 # Settings shared by every released DINOv3 ViT (dinov3/hub/backbones.py).
 _COMMON: Dict[str, Any] = {

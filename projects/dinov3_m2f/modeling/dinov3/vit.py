@@ -6,7 +6,6 @@ official checkpoints. Training-only features of the official model (RoPE coordin
 augmentation, drop path, masked-token pretraining, multi-crop lists) are not implemented.
 """
 import contextlib
-import logging
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -14,8 +13,6 @@ from torch import Tensor, nn
 
 from .layers import FFN_LAYERS, LayerScale, LinearKMaskedBias, PatchEmbed, SelfAttentionBlock, init_linear_
 from .rope import RopePositionEmbedding
-
-logger = logging.getLogger(__name__)
 
 # LayerNorm epsilon of every released DINOv3 ViT ("layernormbf16" in the official code).
 LAYER_NORM_EPS = 1e-5
