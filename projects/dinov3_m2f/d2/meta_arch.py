@@ -1,12 +1,16 @@
-"""Detectron2 meta-architectures on a frozen DINOv3 backbone: the shared semantic-segmentation base
-(input normalization, padding, whole-image / sliding-window / TTA inference, resizing to the
-original size) and the Mask2Former model built on it."""
-import logging
+"""Detectron2 meta-architectures for semantic segmentation on a frozen DINOv3 backbone.
+
+:class:`DINOv3SemSegBase` owns what both models share: the detectron2 input dicts, input
+normalization, padding (the one place where images and label maps are padded), the weighting of
+the criterion's losses, the test modes and resizing to the original size.
+:class:`DINOv3Mask2Former` (set prediction) and :class:`DINOv3PixelSegmentor` (per-pixel heads such
+as UPerNet and linear) only say how the head's outputs become losses and class scores.
+"""
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from detectron2.modeling import META_ARCH_REGISTRY, Backbone
+from detectron2.modeling import Backbone
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from torch import nn
@@ -15,9 +19,7 @@ from dinov3_m2f.modeling.dinov3 import get_normalization
 from dinov3_m2f.modeling.semantic_inference import semantic_probs, slide_inference, tta_inference
 from dinov3_m2f.modeling.targets import prepare_targets
 
-logger = logging.getLogger(__name__)
-
-__all__ = ["DINOv3Mask2Former", "DINOv3SemSegBase"]
+__all__ = ["DINOv3Mask2Former", "DINOv3PixelSegmentor", "DINOv3SemSegBase"]
 
 TEST_MODES = ("whole", "slide", "tta")
 # Images come as 0..255 pixel values; the normalization presets hold mean/std on the 0..1 scale.
@@ -27,12 +29,15 @@ PIXEL_SCALE = 255.0
 class DINOv3SemSegBase(nn.Module):
     """Shared part of the semantic-segmentation meta-architectures.
 
-    Subclasses implement ``_forward_train(batched_inputs) -> losses`` and
-    ``_predict_scores(images) -> [B, C, h, w]`` class probabilities for normalized images whose size
-    meets the backbone's padding constraint, with ``backbone``, ``sem_seg_head`` and ``criterion``.
-    This class handles the detectron2 input dicts (``"image"`` [3, H, W] RGB 0..255,
-    ``"sem_seg"`` [H, W] int64, optional ``"height"``/``"width"``), normalization, padding and the
-    test modes; inference returns ``[{"sem_seg": [C, height, width] scores}]``.
+    Input: detectron2 dicts with ``"image"`` ([3, H, W] RGB, 0..255), in training ``"sem_seg"``
+    ([H, W] int64, ``ignore_value`` = no label), optionally ``"height"``/``"width"``.
+    Training returns the criterion's losses times its ``weight_dict``; inference returns
+    ``[{"sem_seg": [C, height, width] scores}]`` at the dict's ``"height"``/``"width"`` (default:
+    the input size).
+
+    Subclasses implement ``_losses(images [B, 3, H, W], labels [B, H, W])`` (unweighted, keys of
+    ``criterion.weight_dict``) and ``_predict_scores(images) -> [B, C, h, w]`` class scores, for
+    normalized images whose size meets the backbone's padding constraint.
     """
 
     def __init__(
@@ -54,7 +59,8 @@ class DINOv3SemSegBase(nn.Module):
         Args:
             backbone: a detectron2 Backbone with ``padding_constraints``.
             sem_seg_head: the decode head on the backbone features.
-            criterion: the training loss of the head's outputs.
+            criterion: the training loss of the head's outputs; returns unweighted losses and
+                has a ``weight_dict`` with the weight of each.
             num_classes: number of semantic classes C.
             normalization: weight family whose pixel mean/std normalize the input
                 (a key of ``dinov3_m2f.modeling.dinov3.NORMALIZATION``: "lvd1689m", "sat493m").
@@ -69,6 +75,8 @@ class DINOv3SemSegBase(nn.Module):
         """
         super().__init__()
         mean, std = get_normalization(normalization)
+        if not hasattr(criterion, "weight_dict"):
+            raise TypeError("criterion must have a weight_dict (the weight of each loss)")
         if test_mode not in TEST_MODES:
             raise ValueError(f"test_mode={test_mode!r} is not one of {TEST_MODES}")
         if test_mode == "slide" and (slide_crop_size is None or slide_stride is None):
@@ -112,27 +120,40 @@ class DINOv3SemSegBase(nn.Module):
         Returns:
             training: dict of weighted losses; inference: list of ``{"sem_seg": [C, H, W]}``.
         """
-        if self.training:
-            return self._forward_train(batched_inputs)
-        return [self._inference_one(x) for x in batched_inputs]
+        if not self.training:
+            return [self._inference_one(x) for x in batched_inputs]
+        images, labels = self._training_batch(batched_inputs)
+        weights = self.criterion.weight_dict
+        return {name: loss * weights[name] for name, loss in self._losses(images, labels).items()}
 
-    def _forward_train(self, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor]:
+    def _losses(self, images: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
         raise NotImplementedError
 
     def _predict_scores(self, images: torch.Tensor) -> torch.Tensor:
-        """Class probabilities [B, C, h, w] for normalized, constraint-sized images [B, 3, h, w]."""
         raise NotImplementedError
 
-    def _training_batch(self, batched_inputs: List[Dict]) -> Tuple[ImageList, List[torch.Tensor]]:
-        """Normalized, padded images and the label maps (on the model's device) of a batch."""
-        if any("sem_seg" not in x for x in batched_inputs):
-            raise ValueError("training inputs need a 'sem_seg' label map")
-        images = ImageList.from_tensors(
-            [self._normalize(x["image"]) for x in batched_inputs],
+    def _pad(self, tensors: List[torch.Tensor], pad_value: float) -> torch.Tensor:
+        """Pad at the bottom/right to one size that meets the backbone's padding constraint."""
+        return ImageList.from_tensors(
+            tensors,
             self.size_divisibility,
+            pad_value=pad_value,
             padding_constraints=self.backbone.padding_constraints,
-        )
-        return images, [x["sem_seg"].to(self.device) for x in batched_inputs]
+        ).tensor
+
+    def _training_batch(self, batched_inputs: List[Dict]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Normalized images [B, 3, H, W] and label maps [B, H, W] padded with ``ignore_value``."""
+        for x in batched_inputs:
+            if "sem_seg" not in x:
+                raise ValueError("training inputs need a 'sem_seg' label map")
+            if x["sem_seg"].shape[-2:] != x["image"].shape[-2:]:
+                raise ValueError(
+                    f"'sem_seg' of size {tuple(x['sem_seg'].shape)} does not match its 'image' of "
+                    f"size {tuple(x['image'].shape[-2:])} ({x.get('file_name', 'no file name')})"
+                )
+        images = self._pad([self._normalize(x["image"]) for x in batched_inputs], 0.0)
+        labels = self._pad([x["sem_seg"].to(self.device) for x in batched_inputs], self.ignore_value)
+        return images, labels
 
     def _predict_padded(self, images: torch.Tensor) -> torch.Tensor:
         """Class scores [B, C, h, w] for normalized images [B, 3, h, w] of any size."""
@@ -174,57 +195,62 @@ class DINOv3SemSegBase(nn.Module):
         return {"sem_seg": sem_seg_postprocess(scores[0], (height, width), out_h, out_w)}
 
 
-@META_ARCH_REGISTRY.register()
 class DINOv3Mask2Former(DINOv3SemSegBase):
     """Mask2Former for semantic segmentation on a frozen DINOv3 backbone.
 
-    Training input: detectron2 dicts with ``"image"`` ([3, H, W] RGB, 0..255) and ``"sem_seg"``
-    ([H, W] int64, ``ignore_value`` = no label). Returns the weighted losses.
-    Inference output: ``[{"sem_seg": [C, height, width] scores}]`` at the size given by the
-    dict's ``"height"``/``"width"`` (default: the input size).
+    ``backbone`` returns ``res2..res5`` (``D2DINOv3Backbone``), ``sem_seg_head`` maps them to
+    ``{"pred_logits", "pred_masks", "aux_outputs"}`` (``Mask2FormerHead``) and ``criterion`` is
+    ``SetCriterion``. Other arguments, inputs and outputs: see :class:`DINOv3SemSegBase`.
     """
 
-    def __init__(
-        self,
-        *,
-        backbone: Backbone,
-        sem_seg_head: nn.Module,
-        criterion: nn.Module,
-        num_classes: int,
-        **kwargs,
-    ):
-        """
-        Args:
-            backbone: a detectron2 Backbone returning ``res2..res5`` (``D2DINOv3Backbone``).
-            sem_seg_head: module mapping the features to ``{"pred_logits", "pred_masks",
-                "aux_outputs"}`` (``Mask2FormerHead``).
-            criterion: ``SetCriterion``; its ``weight_dict`` weights the returned losses.
-            num_classes: number of semantic classes C.
-            kwargs: normalization, ignore value and test-mode arguments of
-                :class:`DINOv3SemSegBase`.
-        """
-        if not hasattr(criterion, "weight_dict"):
-            raise TypeError("criterion must have a weight_dict (e.g. SetCriterion)")
-        super().__init__(
-            backbone=backbone, sem_seg_head=sem_seg_head, criterion=criterion,
-            num_classes=num_classes, **kwargs,
-        )
-
-    def _forward_train(self, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor]:
-        images, sem_segs = self._training_batch(batched_inputs)
-        outputs = self.sem_seg_head(self.backbone(images.tensor))
-        targets = prepare_targets(
-            sem_segs,
-            num_classes=self.num_classes,
-            ignore_value=self.ignore_value,
-            padded_size=tuple(images.tensor.shape[-2:]),
-        )
-        losses = self.criterion(outputs, targets)
-        weights = self.criterion.weight_dict
-        return {name: loss * weights[name] for name, loss in losses.items()}
+    def _losses(self, images: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
+        outputs = self.sem_seg_head(self.backbone(images))
+        targets = prepare_targets(labels, num_classes=self.num_classes, ignore_value=self.ignore_value)
+        return self.criterion(outputs, targets)
 
     def _predict_scores(self, images: torch.Tensor) -> torch.Tensor:
         outputs = self.sem_seg_head(self.backbone(images))
         return semantic_probs(
             outputs["pred_logits"], outputs["pred_masks"], output_size=tuple(images.shape[-2:])
         )  # [B, C, h, w]
+
+
+class DINOv3PixelSegmentor(DINOv3SemSegBase):
+    """Backbone features -> per-pixel logits head -> per-pixel loss.
+
+    The head receives the backbone features named by ``in_features`` as a list (in that order)
+    and returns logits ``[B, C, h, w]`` at any resolution (UPerNet: stride 4 of the adapter's
+    ``res2..res5``; linear: stride 16 of the ViT's last blocks). Logits are resized bilinearly to
+    the padded input for inference and by the criterion (``PixelSegmentationLoss``) for training.
+    Inputs, outputs, test modes and normalization: see :class:`DINOv3SemSegBase`.
+    """
+
+    def __init__(self, *, in_features: Optional[Sequence[str]] = None, **kwargs):
+        """
+        Args:
+            in_features: backbone outputs fed to the head, in order; None = all, in the
+                backbone's order.
+            kwargs: the arguments of :class:`DINOv3SemSegBase`.
+        """
+        super().__init__(**kwargs)
+        available = list(self.backbone.output_shape())
+        in_features = list(in_features) if in_features is not None else available
+        unknown = [name for name in in_features if name not in available]
+        if unknown or not in_features:
+            raise ValueError(
+                f"in_features={in_features} must be a non-empty subset of the backbone outputs "
+                f"{available} (unknown: {unknown})"
+            )
+        self.in_features = in_features
+
+    def _logits(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.backbone(images)
+        return self.sem_seg_head([features[name] for name in self.in_features])  # [B, C, h, w]
+
+    def _losses(self, images: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return self.criterion(self._logits(images), labels)
+
+    def _predict_scores(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self._logits(images).float()  # [B, C, h, w]
+        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return logits.softmax(dim=1)

@@ -67,7 +67,7 @@ def build_sem_seg_train_augmentations(
 
     Args:
         crop_size: crop (H, W), or one int for a square crop. Images smaller than the crop give a
-            smaller crop; the mapper pads it (``pad_size``).
+            smaller crop; the meta-architecture pads the batch.
         short_edge_lengths: the short edge is resized to one of these (chosen uniformly).
         max_size: upper bound of the long edge after resizing.
         single_category_max_area: retry crops in which one class covers more than this fraction
