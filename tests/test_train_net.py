@@ -1,4 +1,4 @@
-"""tools/train_net.py and its engine pieces: param groups, checkpoints, NaN stop, override
+"""tools/train_net.py and its trainer pieces: param groups, checkpoints, NaN stop, override
 checks; end-to-end on CPU: train -> checkpoint -> --eval-only, --resume, 2 processes (gloo)."""
 import importlib.util
 import json

@@ -59,11 +59,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def registered_dataset(name: str) -> Tuple[List[Dict], Dict, List[str]]:
     """Dataset dicts, :func:`check_dataset` settings and class names of a registered dataset
     (imports detectron2)."""
-    from detectron2.data import MetadataCatalog
+    from detectron2.data import MetadataCatalog, get_detection_dataset_dicts
 
-    from dinov3_m2f.d2.datasets import get_dataset_dicts
+    import dinov3_m2f.d2  # noqa: F401  (registers LoveDA and the synthetic set, like detectron2's)
 
-    dicts = get_dataset_dicts(name)
+    dicts = get_detection_dataset_dicts(name)
     metadata = MetadataCatalog.get(name)
     classes = list(metadata.stuff_classes)
     settings = dict(

@@ -7,7 +7,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 import torch
 from detectron2.layers import ShapeSpec
 from detectron2.layers import get_norm as d2_get_norm
-from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+from detectron2.modeling import Backbone
 from detectron2.utils import comm
 from torch import nn
 
@@ -140,7 +140,6 @@ class _PaddedBackbone(Backbone):
         return {"size_divisibility": self.size_divisibility, "square_size": 0}
 
 
-@BACKBONE_REGISTRY.register()
 class D2DINOv3Backbone(_PaddedBackbone):
     """Frozen DINOv3 ViT + trainable ViT-Adapter as a detectron2 :class:`Backbone`.
 
@@ -211,7 +210,6 @@ class D2DINOv3Backbone(_PaddedBackbone):
         return SIZE_DIVISIBILITY
 
 
-@BACKBONE_REGISTRY.register()
 class D2DINOv3ViTBackbone(_PaddedBackbone):
     """Frozen DINOv3 ViT without adapter as a detectron2 :class:`Backbone` (linear probing).
 
