@@ -71,6 +71,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def inference_overrides(args: argparse.Namespace) -> List[str]:
+    """The ``model.*`` config overrides of the test-mode options that were given."""
+    options = {
+        "test_mode": args.test_mode, "slide_crop_size": args.crop_size,
+        "slide_stride": args.stride, "tta_scales": args.tta_scales, "tta_flip": args.tta_flip,
+    }
+    return [f"model.{key}={value}" for key, value in options.items() if value is not None]
+
+
 def collect_inputs(patterns: Sequence[str]) -> List[str]:
     """Expand files, folders and glob patterns into a list of files (order kept, no duplicates).
 
@@ -133,14 +142,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     predictor = SemSegPredictor.from_config(
         args.config_file,
         checkpoint=args.checkpoint,
-        overrides=args.opts,
+        overrides=[*inference_overrides(args), *args.opts],
         device=args.device,
         autocast=args.autocast,
-        test_mode=args.test_mode,
-        slide_crop_size=args.crop_size,
-        slide_stride=args.stride,
-        tta_scales=args.tta_scales,
-        tta_flip=args.tta_flip,
     )
     if len(predictor.class_names) > MAX_UINT8_CLASSES:
         raise ValueError(

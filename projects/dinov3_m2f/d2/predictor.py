@@ -8,7 +8,8 @@ Example::
     predictor = SemSegPredictor.from_config(
         "configs/loveda/m2f_vitl16_sat493m_512.py",
         checkpoint="output/loveda/model_final.pth",
-        overrides=["model.backbone.weights=checkpoints/dinov3_vitl16_pretrain_sat493m.pth"],
+        overrides=["model.backbone.weights=checkpoints/dinov3_vitl16_pretrain_sat493m.pth",
+                   "model.test_mode=tta"],  # optional: the config's test mode otherwise
     )
     labels = predictor("tile.png")                      # [H, W] int64 class ids
     labels, probs = predictor(rgb_array, return_probs=True)  # probs: [C, H, W] float32
@@ -29,9 +30,8 @@ from torch import nn
 
 from .checkpoint import SAFETENSORS_EXTENSION, TrainableCheckpointer
 from .config import load_config
-from .datasets import register_all
-from .engine import AMP_DTYPES, resolve_device
 from .mapper import read_image_or_raise
+from .trainer import AMP_DTYPES, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -43,14 +43,13 @@ _UINT8_CHANNELS = 3
 
 
 def _test_dataset_name(cfg: DictConfig) -> str:
-    """The first dataset of ``cfg.dataloader.test`` (registering datasets as needed)."""
+    """The first dataset of ``cfg.dataloader.test``."""
     names = OmegaConf.select(cfg, "dataloader.test.dataset.names", default=None)
     if names is None:
         raise ValueError(
             "the config has no dataloader.test.dataset.names; the predictor takes its class "
             "names from that dataset's metadata"
         )
-    register_all()
     # A folder config registers its dataset through a LazyCall that returns the name.
     names = instantiate(names)
     if not isinstance(names, str):
@@ -123,11 +122,6 @@ class SemSegPredictor:
         overrides: Sequence[str] = (),
         device: str = "auto",
         autocast: str = "auto",
-        test_mode: Optional[str] = None,
-        slide_crop_size: Optional[Tuple[int, int]] = None,
-        slide_stride: Optional[Tuple[int, int]] = None,
-        tta_scales: Optional[Sequence[float]] = None,
-        tta_flip: Optional[bool] = None,
     ) -> "SemSegPredictor":
         """Build ``cfg.model``, load a checkpoint strictly and return a predictor.
 
@@ -136,15 +130,13 @@ class SemSegPredictor:
             checkpoint: a TrainableCheckpointer file (trainable-only or full ``.pth``) or a
                 ``.safetensors`` state dict. A trainable-only checkpoint needs the frozen ViT
                 from ``model.backbone.weights`` (or its seeded random init ``init_seed``).
-            overrides: ``key=value`` config overrides, e.g. ``model.backbone.weights=<file>``.
+            overrides: ``key=value`` config overrides, e.g. ``model.backbone.weights=<file>``
+                or the test mode: ``model.test_mode=slide``, ``model.slide_crop_size=[512,512]``,
+                ``model.slide_stride=[341,341]``, ``model.tta_scales=[0.75,1.0]``,
+                ``model.tta_flip=true``.
             device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:<i>".
             autocast: "auto" (``cfg.train.amp`` on CUDA, float32 on CPU), "none", "bfloat16"
                 or "float16".
-            test_mode: override ``model.test_mode`` ("whole", "slide", "tta").
-            slide_crop_size: override ``model.slide_crop_size`` (h, w).
-            slide_stride: override ``model.slide_stride`` (h, w).
-            tta_scales: override ``model.tta_scales``.
-            tta_flip: override ``model.tta_flip``.
 
         Returns:
             The predictor.
@@ -152,17 +144,6 @@ class SemSegPredictor:
         if not isinstance(checkpoint, str) or not os.path.isfile(checkpoint):
             raise FileNotFoundError(f"checkpoint {checkpoint!r} is not a file")
         cfg = load_config(config_file, overrides=overrides)
-        test_settings = {
-            "test_mode": test_mode,
-            "slide_crop_size": slide_crop_size,
-            "slide_stride": slide_stride,
-            "tta_scales": tta_scales,
-            "tta_flip": tta_flip,
-        }
-        for key, value in test_settings.items():
-            if value is not None:
-                cfg.model[key] = list(value) if isinstance(value, (tuple, list)) else value
-
         backbone = cfg.model.backbone
         if (
             _checkpoint_kind(checkpoint) == "trainable"
