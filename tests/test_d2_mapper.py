@@ -1,4 +1,5 @@
 """SemSegDatasetMapper: outputs, augmentation consistency, mask checks."""
+import os
 
 import cv2
 import numpy as np
@@ -8,11 +9,12 @@ from PIL import Image
 pytest.importorskip("detectron2")
 
 import detectron2.data.transforms as T  # noqa: E402
+from detectron2.config import LazyConfig, instantiate  # noqa: E402
 import torch  # noqa: E402
 
 from dinov3_m2f.d2.mapper import SemSegDatasetMapper  # noqa: E402
-from dinov3_m2f.d2.transforms import build_sem_seg_train_augmentations, scaled_lengths  # noqa: E402
 
+SEM_SEG_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "common", "data", "sem_seg.py")
 NUM_CLASSES = 4
 GRAY_STEP = 40  # image intensity = label * GRAY_STEP, so image and mask can be compared
 
@@ -37,9 +39,12 @@ def _mapper(augmentations, **kwargs):
 
 def test_train_output_with_full_augmentations(tmp_path):
     record, _, _ = _sample(tmp_path)
-    augs = build_sem_seg_train_augmentations(
-        crop_size=16, short_edge_lengths=scaled_lengths(24, min_ratio=0.5, max_ratio=1.5), max_size=200,
-    )
+    # the training augmentations of the base data config, at a small scale
+    augs = LazyConfig.load(SEM_SEG_CONFIG).dataloader.train.mapper.augmentations
+    augs[0].short_edge_length.update(base=24, min_ratio=0.5, max_ratio=1.5)
+    augs[0].max_size = 200
+    augs[1].update(crop_size=(16, 16), ignored_category=255)
+    augs = instantiate(augs)
     mapper = _mapper(augs)
     for _ in range(5):
         out = mapper(record)

@@ -12,8 +12,8 @@ dataloader.train.dataset.names = "loveda_sem_seg_train"
 dataloader.train.mapper.num_classes = 7
 dataloader.train.mapper.label_map = LOVEDA_LABEL_MAP
 # short edge 1024 (the image size) * [0.5, 0.6, ..., 2.0] = 512 ... 2048
-dataloader.train.mapper.augmentations.short_edge_lengths.base = 1024
-dataloader.train.mapper.augmentations.max_size = 4096
+dataloader.train.mapper.augmentations[0].short_edge_length.base = 1024
+dataloader.train.mapper.augmentations[0].max_size = 4096
 dataloader.test.dataset.names = "loveda_sem_seg_val"
 # native 1024x1024; sliding-window inference is the model's job
 dataloader.test.mapper.augmentations = []
