@@ -1,20 +1,13 @@
 """Dataset registration in detectron2's ``DatasetCatalog`` / ``MetadataCatalog``.
 
-Like ``detectron2.data.datasets.builtin``, importing this module registers the standard names
-under ``$DETECTRON2_DATASETS`` (default ``datasets``); no file is read until the dicts are loaded:
+Like ``detectron2.data.datasets.builtin``, importing this module registers our standard names
+under ``$DETECTRON2_DATASETS`` (default ``datasets``); files are read when the dicts are loaded:
 
-- ``synthetic_sem_seg_{train,val}``: ``dinov3_m2f_synthetic/{train,val}/{images,masks}``,
-  generated on the first load.
-- ``loveda_sem_seg_{train,val,test}``: ``LoveDA/{Train,Val,Test}/{Urban,Rural}/images_png`` with
-  masks in the sibling ``masks_png`` (none for Test), used as shipped: metadata ``label_map``
-  turns 0 (no-data) into 255 and 1..7 into class ids 0..6.
-
-detectron2 registers ``ade20k_sem_seg_{train,val}`` and ``cityscapes_fine_sem_seg_{train,val}``
-itself; this module adds the ``stuff_colors`` they lack. :func:`register_folder_dataset`
-registers a user's folders of images and masks.
-
-Metadata: ``stuff_classes``, ``stuff_colors``, ``ignore_label``, ``evaluator_type``,
-``image_root``, ``sem_seg_root`` and, where mask values are not class ids, ``label_map``.
+``synthetic_sem_seg_{train,val}`` (generated on the first load) and
+``loveda_sem_seg_{train,val,test}`` (masks used as shipped: metadata ``label_map`` turns 0 =
+no-data into 255 and 1..7 into 0..6). detectron2 registers ``ade20k_sem_seg_*`` and
+``cityscapes_fine_sem_seg_*`` itself; this module adds the ``stuff_colors`` they lack.
+:func:`register_folder_dataset` registers a user's folders of images and masks.
 """
 import functools
 import logging
@@ -40,7 +33,7 @@ __all__ = [
     "LOVEDA_CLASSES",
     "LOVEDA_COLORS",
     "LOVEDA_LABEL_MAP",
-    "load_image_mask_pairs",
+    "add_builtin_colors",
     "register_all_loveda",
     "register_all_synthetic",
     "register_folder_dataset",
@@ -53,8 +46,6 @@ LOVEDA_COLORS = SYNTHETIC_COLORS
 LOVEDA_LABEL_MAP = shifted_label_map(len(LOVEDA_CLASSES))
 LOVEDA_DOMAINS = ("Urban", "Rural")
 
-# Metadata keys holding paths: compared after normalization when a name is registered again.
-_PATH_KEYS = ("image_root", "sem_seg_root")
 _PALETTE_SEED = 0  # seed of the generated palette for datasets without official colours
 
 
@@ -68,61 +59,40 @@ def _listing(paths: Sequence[str]) -> str:
     return shown + (f", ... ({len(paths)} files)" if len(paths) > MAX_LISTED else "")
 
 
-def load_image_mask_pairs(image_dir: str, mask_dir: Optional[str], *, layout: str) -> List[Dict]:
-    """List images and their masks (matched by relative path minus suffix) as dataset dicts.
-
-    The files are found by :func:`dinov3_m2f.data.files.pair_image_mask_files`; any gap (no
-    images, an image without mask, a mask without image, two files with the same name) raises.
-
-    Args:
-        image_dir: directory searched recursively for ``*.jpg|jpeg|png`` images.
-        mask_dir: directory searched recursively for ``*.png`` masks; None for images only.
-        layout: human-readable expected layout, quoted in errors.
-
-    Returns:
-        Dicts with ``file_name`` (and ``sem_seg_file_name``), sorted by file name.
-    """
-    pairing = pair_image_mask_files(image_dir, mask_dir, layout=layout)
-    if pairing.duplicates:
-        raise ValueError(duplicate_message(*pairing.duplicates[0]))
-    if not pairing.images:
-        raise FileNotFoundError(f"no images found in {image_dir}; expected layout: {layout}")
-    without_mask = [pairing.images[k] for k in pairing.images_without_mask]
-    if without_mask:
-        raise ValueError(
-            f"{len(without_mask)} images have no mask (*.png with the same name) in "
-            f"{mask_dir}: {_listing(without_mask)}; expected layout: {layout}"
-        )
-    without_image = [pairing.masks[k] for k in pairing.masks_without_image]
-    if without_image:
-        raise ValueError(
-            f"{len(without_image)} masks have no image in {image_dir}: {_listing(without_image)}; "
-            f"expected layout: {layout}"
-        )
-    return pairing.dataset_dicts()
-
-
 def _load_splits(
     splits: Sequence[Tuple[str, Optional[str]]],
     *,
     layout: str,
     prepare: Optional[Callable[[], object]] = None,
 ) -> List[Dict]:
-    """The dataset dicts of several (image dir, mask dir) pairs, after ``prepare()``."""
+    """After ``prepare()``, the dataset dicts (``file_name``, ``sem_seg_file_name``) of images and
+    masks paired by relative path minus suffix (:func:`~dinov3_m2f.data.files.pair_image_mask_files`)
+    in each (image dir, mask dir or None) split. Any gap raises an error quoting ``layout``: no
+    images, an image without mask, a mask without image, two files with the same name."""
     if prepare is not None:
         prepare()
-    dicts = [d for image_dir, mask_dir in splits for d in load_image_mask_pairs(
-        image_dir, mask_dir, layout=layout)]
+    dicts = []
+    for image_dir, mask_dir in splits:
+        pairing = pair_image_mask_files(image_dir, mask_dir, layout=layout)
+        if pairing.duplicates:
+            raise ValueError(duplicate_message(*pairing.duplicates[0]))
+        if not pairing.images:
+            raise FileNotFoundError(f"no images found in {image_dir}; expected layout: {layout}")
+        without_mask = [pairing.images[k] for k in pairing.images_without_mask]
+        if without_mask:
+            raise ValueError(
+                f"{len(without_mask)} images have no mask (*.png with the same name) in "
+                f"{mask_dir}: {_listing(without_mask)}; expected layout: {layout}"
+            )
+        without_image = [pairing.masks[k] for k in pairing.masks_without_image]
+        if without_image:
+            raise ValueError(
+                f"{len(without_image)} masks have no image in {image_dir}: "
+                f"{_listing(without_image)}; expected layout: {layout}"
+            )
+        dicts.extend(pairing.dataset_dicts())
     logger.info("Loaded %d images from %s", len(dicts), ", ".join(d for d, _ in splits))
     return dicts
-
-
-def _same(key: str, old, new) -> bool:
-    if key in _PATH_KEYS:
-        return os.path.abspath(old) == os.path.abspath(new)
-    if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
-        return len(old) == len(new) and all(_same("", a, b) for a, b in zip(old, new))
-    return old == new
 
 
 def _register(
@@ -136,39 +106,30 @@ def _register(
     label_map: Optional[Dict[int, int]] = None,
     prepare: Optional[Callable[[], object]] = None,
 ) -> None:
-    """Register ``name`` lazily (a picklable loader); registering it again with the same
-    metadata is a no-op, with other metadata an error."""
-    image_root = os.path.commonpath([image_dir for image_dir, _ in splits])
+    """Register ``name`` with a picklable lazy loader of (image dir, mask dir) ``splits``. Again
+    with the same metadata it is a no-op; with other metadata, detectron2's ``Metadata.set``
+    refuses the change (re-raised as a ValueError)."""
+    splits = [(os.path.abspath(i), m if m is None else os.path.abspath(m)) for i, m in splits]
     mask_dirs = [mask_dir for _, mask_dir in splits if mask_dir is not None]
-    metadata = {
-        "stuff_classes": list(classes),
-        "stuff_colors": [tuple(int(c) for c in rgb) for rgb in colors],
-        "ignore_label": ignore_label,
-        "evaluator_type": "sem_seg",
-        "image_root": image_root,
-    }
-    if mask_dirs:
-        metadata["sem_seg_root"] = os.path.commonpath(mask_dirs)
-    if label_map is not None:
-        metadata["label_map"] = dict(label_map)
-    if name in DatasetCatalog.list():
-        existing = MetadataCatalog.get(name).as_dict()
-        conflicts = [
-            f"{k}: registered {existing[k]!r}, requested {v!r}"
-            for k, v in metadata.items()
-            if k in existing and not _same(k, existing[k], v)
-        ]
-        if conflicts:
-            raise ValueError(
-                f"dataset {name!r} is already registered with different metadata "
-                f"({'; '.join(conflicts)}); register it under another name or remove it with "
-                "DatasetCatalog.remove first"
-            )
-        return
-    DatasetCatalog.register(
-        name, functools.partial(_load_splits, list(splits), layout=layout, prepare=prepare)
+    metadata = dict(
+        stuff_classes=list(classes),
+        stuff_colors=[tuple(int(c) for c in rgb) for rgb in colors],
+        ignore_label=ignore_label,
+        evaluator_type="sem_seg",
+        image_root=os.path.commonpath([image_dir for image_dir, _ in splits]),
+        **({"sem_seg_root": os.path.commonpath(mask_dirs)} if mask_dirs else {}),
+        **({"label_map": dict(label_map)} if label_map is not None else {}),
     )
-    MetadataCatalog.get(name).set(**metadata)
+    if name not in DatasetCatalog.list():
+        load = functools.partial(_load_splits, splits, layout=layout, prepare=prepare)
+        DatasetCatalog.register(name, load)
+    try:
+        MetadataCatalog.get(name).set(**metadata)
+    except AssertionError as e:
+        raise ValueError(
+            f"dataset {name!r} is already registered with different metadata: {e}; register it "
+            "under another name or remove it with DatasetCatalog.remove first"
+        ) from e
 
 
 def register_folder_dataset(
@@ -180,29 +141,21 @@ def register_folder_dataset(
     ignore_value: int = IGNORE_VALUE,
     colors: Optional[Sequence[Sequence[int]]] = None,
 ) -> str:
-    """Register a user dataset: ``image_dir/*.{jpg,png}`` and ``mask_dir/*.png`` with equal stems.
-
-    Masks are single-channel PNGs of class ids ``0..len(class_names)-1``, ``ignore_value`` = ignore.
-    Idempotent; returns the name, so a LazyConfig can write ``names=L(register_folder_dataset)(...)``.
+    """Register (idempotently) a user dataset: ``image_dir/**/*.{jpg,png}`` and ``mask_dir``'s
+    single-channel ``*.png`` of class ids with the same relative paths; returns ``name``, so a
+    LazyConfig can write ``names=L(register_folder_dataset)(...)``.
 
     Args:
         name: dataset name.
-        image_dir: image directory (searched recursively).
-        mask_dir: mask directory (same relative paths, ``.png``).
+        image_dir, mask_dir: the image and mask directories.
         class_names: one name per class id.
         ignore_value: mask value of ignored pixels.
         colors: optional RGB colour per class (default: a fixed generated palette).
-
-    Returns:
-        ``name``.
     """
     if not isinstance(name, str) or not name:
         raise TypeError(f"name must be a non-empty string, got {name!r}")
-    if (
-        isinstance(class_names, str)
-        or not class_names
-        or not all(isinstance(c, str) for c in class_names)
-    ):
+    if isinstance(class_names, str) or not class_names or not all(
+            isinstance(c, str) for c in class_names):
         raise TypeError(f"class_names must be a non-empty list of strings, got {class_names!r}")
     if not isinstance(ignore_value, int) or 0 <= ignore_value < len(class_names):
         raise ValueError(
@@ -223,11 +176,8 @@ def register_folder_dataset(
 
 
 def register_all_synthetic(root: str) -> None:
-    """Register ``synthetic_sem_seg_{train,val}`` under ``root/dinov3_m2f_synthetic``.
-
-    Args:
-        root: the datasets directory (``$DETECTRON2_DATASETS``).
-    """
+    """Register ``synthetic_sem_seg_{train,val}`` under ``root/dinov3_m2f_synthetic``, ``root``
+    being the datasets directory."""
     root = os.path.join(root, CACHE_DIR_NAME)
     layout = f"{root}/{{train,val}}/{{images,masks}}/<stem>.png (generated automatically)"
     for split in ("train", "val"):
@@ -240,12 +190,8 @@ def register_all_synthetic(root: str) -> None:
 
 
 def register_all_loveda(root: str) -> None:
-    """Register LoveDA ``loveda_sem_seg_{train,val,test}`` (Urban and Rural together) under
-    ``root/LoveDA``; the test split has images only.
-
-    Args:
-        root: the datasets directory (``$DETECTRON2_DATASETS``).
-    """
+    """Register ``loveda_sem_seg_{train,val,test}`` (Urban and Rural together; test without
+    masks) under ``root/LoveDA``, ``root`` being the datasets directory."""
     root = os.path.join(root, "LoveDA")
     layout = (f"{root}/{{Train,Val,Test}}/{{Urban,Rural}}/images_png/*.png with masks in the "
               "sibling masks_png/ (no masks for Test)")

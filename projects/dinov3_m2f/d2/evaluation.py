@@ -1,22 +1,11 @@
-"""Semantic-segmentation evaluation: the ground truth read as the training sees it, and unreadable
-files skipped instead of aborting the whole run.
-
-Training must stop on a corrupt file (see :class:`~dinov3_m2f.d2.mapper.SemSegDatasetMapper`), but
-one corrupt image among thousands of validation images should not throw away an evaluation. Two
-pieces, used together in a LazyConfig::
-
-    dataloader.test = L(build_sem_seg_test_loader)(dataset=..., mapper=L(SemSegDatasetMapper)(...))
-    dataloader.evaluator = L(SkippingSemSegEvaluator)(dataset_name=...)
-
-* :func:`build_sem_seg_test_loader` is detectron2's test loader whose mapper turns an
-  :class:`~dinov3_m2f.d2.mapper.UnreadableImageError` into a warning naming the file, and whose
-  batches leave that image out: the model and the evaluator never see it.
-* :class:`SkippingSemSegEvaluator` is detectron2's ``SemSegEvaluator`` reading the ground truth
-  with :class:`SemSegGroundTruthLoader`; it skips, with a warning naming the file, an image whose
-  ground-truth mask is missing or does not decode; the image is not counted in any metric. Masks
-  that decode but are wrong (multi-channel, labels out of range) still raise: those are
-  configuration errors that would otherwise skip every image.
+"""Semantic-segmentation evaluation: the ground truth read as training reads it, and unreadable
+files skipped with a warning naming them (training stops on them; one corrupt image among
+thousands should not throw away an evaluation). :func:`build_sem_seg_test_loader` leaves out an
+image that raises ``UnreadableImageError``; :class:`SkippingSemSegEvaluator` one whose mask is
+missing or does not decode. Masks that decode but are wrong (multi-channel, labels out of range)
+still raise: those are configuration errors that would otherwise skip every image.
 """
+import functools
 import logging
 from typing import Any, Callable, Dict, List, Optional
 
@@ -43,18 +32,13 @@ __all__ = [
 UNREADABLE_KEY = "unreadable"
 
 
-class _SkipUnreadableImages:
-    """Wraps a test mapper: an unreadable image becomes a placeholder record and a warning."""
-
-    def __init__(self, mapper: Callable[[Dict], Dict]):
-        self.mapper = mapper
-
-    def __call__(self, dataset_dict: Dict) -> Dict:
-        try:
-            return self.mapper(dataset_dict)
-        except UnreadableImageError as e:
-            logger.warning("Skipping %s in evaluation: %s", e.path, e)
-            return {"file_name": e.path, UNREADABLE_KEY: str(e)}
+def _map_or_skip(mapper: Callable[[Dict], Dict], dataset_dict: Dict) -> Dict:
+    """``mapper(dataset_dict)``, or a placeholder record and a warning for an unreadable image."""
+    try:
+        return mapper(dataset_dict)
+    except UnreadableImageError as e:
+        logger.warning("Skipping %s in evaluation: %s", e.path, e)
+        return {"file_name": e.path, UNREADABLE_KEY: str(e)}
 
 
 def _drop_unreadable(batch: List[Dict]) -> List[Dict]:
@@ -70,28 +54,11 @@ def build_sem_seg_test_loader(
     batch_size: int = 1,
     num_workers: int = 0,
 ) -> torchdata.DataLoader:
-    """detectron2's ``build_detection_test_loader`` that skips unreadable images with a warning.
-
-    Batches that consisted only of unreadable images arrive as empty lists; the model returns no
-    output for them and the evaluator counts nothing.
-
-    Args:
-        dataset: dataset dicts (a list) or a torch dataset.
-        mapper: the test mapper.
-        sampler: index sampler (default: detectron2's InferenceSampler).
-        batch_size: images per batch.
-        num_workers: data loading worker processes.
-
-    Returns:
-        The data loader.
-    """
+    """detectron2's ``build_detection_test_loader`` (same arguments) that skips unreadable
+    images with a warning; a batch of only unreadable images arrives as an empty list."""
     return build_detection_test_loader(
-        dataset,
-        mapper=_SkipUnreadableImages(mapper),
-        sampler=sampler,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=_drop_unreadable,
+        dataset, mapper=functools.partial(_map_or_skip, mapper), sampler=sampler,
+        batch_size=batch_size, num_workers=num_workers, collate_fn=_drop_unreadable,
     )
 
 
@@ -100,10 +67,8 @@ class UnreadableGroundTruthError(ValueError):
 
 
 class SemSegGroundTruthLoader:
-    """Reads a ground-truth mask of a registered dataset as class ids (applies ``label_map``).
-
-    Evaluation thus sees the same labels as training, e.g. LoveDA's raw 1..7 as 0..6 and 0 as 255.
-    Usable as ``SemSegEvaluator(sem_seg_loading_fn=...)``.
+    """``SemSegEvaluator(sem_seg_loading_fn=...)`` that reads a registered dataset's masks as
+    training does (its ``label_map``, e.g. LoveDA's 1..7 as 0..6 and 0 as 255, and checks).
 
     Args:
         dataset_name: registered dataset name.
@@ -125,10 +90,8 @@ class SemSegGroundTruthLoader:
             ValueError: the mask decodes but is wrong (channels, label values).
         """
         try:
-            labels = read_label_mask(
-                filename, label_map=self.label_map, num_classes=self.num_classes,
-                ignore_value=self.ignore_label,
-            )
+            labels = read_label_mask(filename, label_map=self.label_map,
+                                     num_classes=self.num_classes, ignore_value=self.ignore_label)
         except (OSError, ValueError) as e:
             # the reader names the file and re-raises decoding failures as ValueError
             if isinstance(e, OSError) or isinstance(e.__cause__, OSError):
@@ -138,18 +101,13 @@ class SemSegGroundTruthLoader:
 
 
 class SkippingSemSegEvaluator(SemSegEvaluator):
-    """``SemSegEvaluator`` with :class:`SemSegGroundTruthLoader` that skips images whose
-    ground-truth mask cannot be read.
-
-    Takes the arguments of ``SemSegEvaluator`` except ``sem_seg_loading_fn``. A skipped image is
-    logged with its file name, counted in :attr:`skipped` and left out of every metric; the other
-    images are evaluated as usual.
-    """
+    """``SemSegEvaluator`` (same arguments but ``sem_seg_loading_fn``) reading the ground truth
+    with :class:`SemSegGroundTruthLoader`; an image whose mask cannot be read is logged, listed
+    in :attr:`skipped` and left out of every metric."""
 
     def __init__(self, dataset_name: str, **kwargs):
-        super().__init__(
-            dataset_name, sem_seg_loading_fn=SemSegGroundTruthLoader(dataset_name), **kwargs
-        )
+        loader = SemSegGroundTruthLoader(dataset_name)
+        super().__init__(dataset_name, sem_seg_loading_fn=loader, **kwargs)
         self.skipped: List[str] = []
 
     def reset(self) -> None:
@@ -157,11 +115,8 @@ class SkippingSemSegEvaluator(SemSegEvaluator):
         self.skipped = []
 
     def process(self, inputs: List[Dict], outputs: List[Dict]) -> None:
-        """Evaluate each (input, output) pair; pairs with an unreadable mask are skipped.
-
-        The mask is read before the pair touches any metric state, so a skipped pair leaves no
-        trace in the confusion matrix.
-        """
+        """Evaluate pair by pair: the mask is read before the pair touches any metric state, so
+        a skipped pair leaves no trace in the confusion matrix."""
         for single_input, single_output in zip(inputs, outputs):
             try:
                 super().process([single_input], [single_output])

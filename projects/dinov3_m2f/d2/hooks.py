@@ -31,11 +31,8 @@ class SegPeriodicCheckpointer(hooks.PeriodicCheckpointer):
 
 
 class SegEvalHook(hooks.EvalHook):
-    """detectron2's ``EvalHook`` that does not evaluate the same weights twice.
-
-    An early stop comes right after an evaluation in ``after_step`` (early stopping only decides
-    then), so the final evaluation is skipped; its results are already stored.
-    """
+    """detectron2's ``EvalHook`` without a final evaluation after an early stop: early stopping
+    decides right after an evaluation in ``after_step``, whose results are already stored."""
 
     def after_train(self) -> None:
         last = self.trainer.iter  # iterations run; the last evaluated one in after_step is last - 1
@@ -47,13 +44,11 @@ class SegEvalHook(hooks.EvalHook):
 
 class BestCheckpointer(hooks.BestCheckpointer):
     """detectron2's ``BestCheckpointer`` whose best value is part of the trainer state, so it
-    survives ``--resume``.
+    survives ``--resume``; register it on the main process, which holds the evaluation results.
 
-    Takes the arguments of detectron2's; register it after the evaluation hook, on the main
-    process (which holds the evaluation results). Unlike detectron2's, the best value is updated
-    before the file is written (so the file's trainer state holds it), and an evaluation without
-    the metric is an error. The stored ``iteration`` is the one the metric was stored at: the
-    final evaluation counts as ``max_iter``, as in detectron2's storage.
+    Unlike detectron2's, it updates the best value before writing the file (so the file's trainer
+    state holds it) and raises when the evaluation lacks the metric. The file's ``iteration`` is
+    that of the metric: ``max_iter`` for the final evaluation, as in detectron2's storage.
     """
 
     def _best_checking(self) -> None:
@@ -100,7 +95,7 @@ class EarlyStopping(HookBase):
         Args:
             best_checkpointer: the run's best checkpointer on the main process; None elsewhere.
             eval_period: the period of the evaluation hook (> 0).
-            patience: number of evaluations without improvement that ends training (>= 1).
+            patience: evaluations without improvement that end training (>= 1).
         """
         if not isinstance(patience, int) or patience < 1:
             raise ValueError(f"early stopping patience must be an int >= 1, got {patience!r}")

@@ -18,11 +18,7 @@ _UINT8_MAX = 255
 
 
 class UnreadableImageError(ValueError):
-    """An image file is missing or cannot be decoded.
-
-    Attributes:
-        path: the image file.
-    """
+    """An image file (attribute ``path``) is missing or cannot be decoded."""
 
     def __init__(self, message: str, *, path: str):
         super().__init__(message)
@@ -30,19 +26,8 @@ class UnreadableImageError(ValueError):
 
 
 def read_image_or_raise(path: str, *, image_format: str) -> np.ndarray:
-    """``detection_utils.read_image`` that names the file when it is missing or corrupt.
-
-    Args:
-        path: image file.
-        image_format: channel order, as for ``read_image`` (e.g. "RGB").
-
-    Returns:
-        The decoded image [H, W, C].
-
-    Raises:
-        UnreadableImageError: the file does not exist or does not decode (truncated, not an
-            image); the message names the file.
-    """
+    """``detection_utils.read_image(path, format=image_format)`` -> [H, W, C] that raises
+    :class:`UnreadableImageError` naming the file when it is missing or does not decode."""
     try:
         return utils.read_image(path, format=image_format)
     except FileNotFoundError as e:
@@ -94,16 +79,11 @@ class SemSegDatasetMapper:
         self.image_format = image_format
         self.ignore_label = int(ignore_label)
         self.num_classes = num_classes
-        self.label_map = (
-            None if label_map is None else {int(k): int(v) for k, v in label_map.items()}
-        )
+        self.label_map = None if label_map is None else {int(k): int(v) for k, v in label_map.items()}
         # Checked masks (num_classes given) whose classes and ignore label fit in uint8 need no
         # per-image range test before taking the uint8 resize path.
-        self._uint8_masks = (
-            num_classes is not None
-            and num_classes <= _UINT8_MAX + 1
-            and 0 <= self.ignore_label <= _UINT8_MAX
-        )
+        self._uint8_masks = (num_classes is not None and num_classes <= _UINT8_MAX + 1
+                             and 0 <= self.ignore_label <= _UINT8_MAX)
         mode = "training" if is_train else "inference"
         logger.info("[SemSegDatasetMapper] augmentations in %s: %s", mode, self.augmentations)
 
@@ -114,27 +94,17 @@ class SemSegDatasetMapper:
                 f"dataset dict of {dataset_dict['file_name']} has no 'sem_seg_file_name'; "
                 "training needs a mask for every image"
             )
-        labels = read_label_mask(
-            mask_path, label_map=self.label_map, num_classes=self.num_classes,
-            ignore_value=self.ignore_label,
-        )
-        check_same_size(
-            image.shape, labels.shape, image_path=dataset_dict["file_name"], mask_path=mask_path
-        )
+        labels = read_label_mask(mask_path, label_map=self.label_map, num_classes=self.num_classes,
+                                 ignore_value=self.ignore_label)
+        check_same_size(image.shape, labels.shape, image_path=dataset_dict["file_name"],
+                        mask_path=mask_path)
         # PIL resizes uint8 masks exactly (nearest); wider labels go through a float64 path.
         if self._uint8_masks or (labels.max() <= _UINT8_MAX and labels.min() >= 0):
             return labels.astype(np.uint8)
         return labels.astype(np.float64)
 
     def __call__(self, dataset_dict: Dict) -> Dict:
-        """
-        Args:
-            dataset_dict: one record of a registered dataset (``file_name``, ``sem_seg_file_name``).
-
-        Returns:
-            A new dict with ``image``, ``height``, ``width``, ``file_name`` and, in training,
-            ``sem_seg``.
-        """
+        """A new dict (see the class docstring) for one record of a registered dataset."""
         dataset_dict = copy.deepcopy(dataset_dict)
         image = read_image_or_raise(dataset_dict["file_name"], image_format=self.image_format)
         utils.check_image_size(dataset_dict, image)  # sets height/width when missing

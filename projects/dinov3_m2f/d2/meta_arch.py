@@ -1,11 +1,6 @@
-"""Detectron2 meta-architectures for semantic segmentation on a frozen DINOv3 backbone.
-
-:class:`DINOv3SemSegBase` owns what both models share: the detectron2 input dicts, input
-normalization, padding (the one place where images and label maps are padded), the weighting of
-the criterion's losses, the test modes and resizing to the original size.
-:class:`DINOv3Mask2Former` (set prediction) and :class:`DINOv3PixelSegmentor` (per-pixel heads such
-as UPerNet and linear) only say how the head's outputs become losses and class scores.
-"""
+"""Detectron2 meta-architectures for semantic segmentation on a frozen DINOv3 backbone: a shared
+base (input dicts, normalization, the one place where images and label maps are padded, loss
+weighting, test modes), Mask2Former (set prediction) and per-pixel heads (UPerNet, linear)."""
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -30,14 +25,12 @@ class DINOv3SemSegBase(nn.Module):
     """Shared part of the semantic-segmentation meta-architectures.
 
     Input: detectron2 dicts with ``"image"`` ([3, H, W] RGB, 0..255), in training ``"sem_seg"``
-    ([H, W] int64, ``ignore_value`` = no label), optionally ``"height"``/``"width"``.
-    Training returns the criterion's losses times its ``weight_dict``; inference returns
-    ``[{"sem_seg": [C, height, width] scores}]`` at the dict's ``"height"``/``"width"`` (default:
-    the input size).
+    ([H, W] int64, ``ignore_value`` = no label), optionally ``"height"``/``"width"``. Training
+    returns the criterion's losses times its ``weight_dict``; inference returns
+    ``[{"sem_seg": [C, height, width] scores}]`` (default size: the input's).
 
-    Subclasses implement ``_losses(images [B, 3, H, W], labels [B, H, W])`` (unweighted, keys of
-    ``criterion.weight_dict``) and ``_predict_scores(images) -> [B, C, h, w]`` class scores, for
-    normalized images whose size meets the backbone's padding constraint.
+    Subclasses implement ``_losses(images [B, 3, H, W], labels [B, H, W])`` (unweighted) and
+    ``_predict_scores(images) -> [B, C, h, w]``, for normalized, constraint-sized images.
     """
 
     def __init__(
@@ -59,8 +52,7 @@ class DINOv3SemSegBase(nn.Module):
         Args:
             backbone: a detectron2 Backbone with ``padding_constraints``.
             sem_seg_head: the decode head on the backbone features.
-            criterion: the training loss of the head's outputs; returns unweighted losses and
-                has a ``weight_dict`` with the weight of each.
+            criterion: the loss of the head's outputs: unweighted losses, and ``weight_dict``.
             num_classes: number of semantic classes C.
             normalization: weight family whose pixel mean/std normalize the input
                 (a key of ``dinov3_m2f.modeling.dinov3.NORMALIZATION``: "lvd1689m", "sat493m").
@@ -68,10 +60,8 @@ class DINOv3SemSegBase(nn.Module):
             test_mode: "whole" (padded full image), "slide" (windows of ``slide_crop_size``
                 every ``slide_stride``) or "tta" (``tta_scales`` x ``tta_flip`` views; each view
                 is predicted by sliding windows when ``slide_crop_size`` is set, else whole).
-            slide_crop_size: (h, w) sliding-window size.
-            slide_stride: (h, w) sliding-window stride.
-            tta_scales: TTA resize ratios.
-            tta_flip: add horizontally flipped TTA views.
+            slide_crop_size, slide_stride: (h, w) sliding-window size and stride.
+            tta_scales, tta_flip: TTA resize ratios; add horizontally flipped views.
         """
         super().__init__()
         mean, std = get_normalization(normalization)
@@ -94,12 +84,9 @@ class DINOv3SemSegBase(nn.Module):
         self.tta_scales = tuple(tta_scales)
         self.tta_flip = tta_flip
         # Derived from the config, so not stored in checkpoints.
-        self.register_buffer(
-            "pixel_mean", torch.tensor(mean).view(-1, 1, 1) * PIXEL_SCALE, persistent=False
-        )
-        self.register_buffer(
-            "pixel_std", torch.tensor(std).view(-1, 1, 1) * PIXEL_SCALE, persistent=False
-        )
+        mean, std = (torch.tensor(v).view(-1, 1, 1) * PIXEL_SCALE for v in (mean, std))  # [3, 1, 1]
+        self.register_buffer("pixel_mean", mean, persistent=False)
+        self.register_buffer("pixel_std", std, persistent=False)
 
     @property
     def device(self) -> torch.device:
@@ -113,33 +100,18 @@ class DINOv3SemSegBase(nn.Module):
         return (image.to(self.device).float() - self.pixel_mean) / self.pixel_std  # [3, H, W]
 
     def forward(self, batched_inputs: List[Dict]) -> object:
-        """
-        Args:
-            batched_inputs: detectron2 dicts, see the class docstring.
-
-        Returns:
-            training: dict of weighted losses; inference: list of ``{"sem_seg": [C, H, W]}``.
-        """
+        """Weighted losses (training) or ``[{"sem_seg": [C, H, W]}]`` (inference) of detectron2
+        dicts (see the class docstring)."""
         if not self.training:
             return [self._inference_one(x) for x in batched_inputs]
         images, labels = self._training_batch(batched_inputs)
         weights = self.criterion.weight_dict
         return {name: loss * weights[name] for name, loss in self._losses(images, labels).items()}
 
-    def _losses(self, images: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
-        raise NotImplementedError
-
-    def _predict_scores(self, images: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
     def _pad(self, tensors: List[torch.Tensor], pad_value: float) -> torch.Tensor:
         """Pad at the bottom/right to one size that meets the backbone's padding constraint."""
-        return ImageList.from_tensors(
-            tensors,
-            self.size_divisibility,
-            pad_value=pad_value,
-            padding_constraints=self.backbone.padding_constraints,
-        ).tensor
+        return ImageList.from_tensors(tensors, self.size_divisibility, pad_value=pad_value,
+                                      padding_constraints=self.backbone.padding_constraints).tensor
 
     def _training_batch(self, batched_inputs: List[Dict]) -> Tuple[torch.Tensor, torch.Tensor]:
         """Normalized images [B, 3, H, W] and label maps [B, H, W] padded with ``ignore_value``."""
@@ -158,22 +130,15 @@ class DINOv3SemSegBase(nn.Module):
     def _predict_padded(self, images: torch.Tensor) -> torch.Tensor:
         """Class scores [B, C, h, w] for normalized images [B, 3, h, w] of any size."""
         height, width = images.shape[-2:]
-        div = self.size_divisibility
-        pad_h, pad_w = -height % div, -width % div
-        padded = F.pad(images, (0, pad_w, 0, pad_h))  # [B, 3, h + pad_h, w + pad_w]
+        padded = self._pad(list(images), 0.0)  # [B, 3, h', w'], h' and w' divisible
         return self._predict_scores(padded)[:, :, :height, :width]
 
     def _predict_view(self, images: torch.Tensor) -> torch.Tensor:
         """One view: sliding windows when configured, else the padded whole image."""
         if self.slide_crop_size is None:
             return self._predict_padded(images)
-        return slide_inference(
-            self._predict_padded,
-            images,
-            crop_size=self.slide_crop_size,
-            stride=self.slide_stride,
-            num_classes=self.num_classes,
-        )
+        return slide_inference(self._predict_padded, images, crop_size=self.slide_crop_size,
+                               stride=self.slide_stride, num_classes=self.num_classes)
 
     def _inference_one(self, inputs: Dict) -> Dict[str, torch.Tensor]:
         image = self._normalize(inputs["image"])[None]  # [1, 3, H, W]
@@ -183,25 +148,15 @@ class DINOv3SemSegBase(nn.Module):
         elif self.test_mode == "slide":
             scores = self._predict_view(image)
         else:
-            scores = tta_inference(
-                self._predict_view,
-                image,
-                scales=self.tta_scales,
-                flip=self.tta_flip,
-                size_divisibility=self.size_divisibility,
-            )
-        out_h = inputs.get("height", height)
-        out_w = inputs.get("width", width)
-        return {"sem_seg": sem_seg_postprocess(scores[0], (height, width), out_h, out_w)}
+            scores = tta_inference(self._predict_view, image, scales=self.tta_scales,
+                                   flip=self.tta_flip, size_divisibility=self.size_divisibility)
+        out_size = inputs.get("height", height), inputs.get("width", width)
+        return {"sem_seg": sem_seg_postprocess(scores[0], (height, width), *out_size)}
 
 
 class DINOv3Mask2Former(DINOv3SemSegBase):
-    """Mask2Former for semantic segmentation on a frozen DINOv3 backbone.
-
-    ``backbone`` returns ``res2..res5`` (``D2DINOv3Backbone``), ``sem_seg_head`` maps them to
-    ``{"pred_logits", "pred_masks", "aux_outputs"}`` (``Mask2FormerHead``) and ``criterion`` is
-    ``SetCriterion``. Other arguments, inputs and outputs: see :class:`DINOv3SemSegBase`.
-    """
+    """Mask2Former for semantic segmentation: ``D2DINOv3Backbone``, ``Mask2FormerHead`` and
+    ``SetCriterion``; arguments, inputs and outputs of :class:`DINOv3SemSegBase`."""
 
     def _losses(self, images: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
         outputs = self.sem_seg_head(self.backbone(images))
@@ -216,20 +171,17 @@ class DINOv3Mask2Former(DINOv3SemSegBase):
 
 
 class DINOv3PixelSegmentor(DINOv3SemSegBase):
-    """Backbone features -> per-pixel logits head -> per-pixel loss.
+    """Backbone features -> per-pixel logits head -> per-pixel loss (``PixelSegmentationLoss``).
 
-    The head receives the backbone features named by ``in_features`` as a list (in that order)
-    and returns logits ``[B, C, h, w]`` at any resolution (UPerNet: stride 4 of the adapter's
-    ``res2..res5``; linear: stride 16 of the ViT's last blocks). Logits are resized bilinearly to
-    the padded input for inference and by the criterion (``PixelSegmentationLoss``) for training.
-    Inputs, outputs, test modes and normalization: see :class:`DINOv3SemSegBase`.
+    The head gets the features named by ``in_features`` as a list and returns logits
+    ``[B, C, h, w]`` at any resolution (UPerNet: stride 4; linear: stride 16), resized bilinearly
+    to the input. Other arguments, inputs and outputs: see :class:`DINOv3SemSegBase`.
     """
 
     def __init__(self, *, in_features: Optional[Sequence[str]] = None, **kwargs):
         """
         Args:
-            in_features: backbone outputs fed to the head, in order; None = all, in the
-                backbone's order.
+            in_features: backbone outputs fed to the head, in order; None = all of them.
             kwargs: the arguments of :class:`DINOv3SemSegBase`.
         """
         super().__init__(**kwargs)

@@ -1,6 +1,5 @@
-"""The training loop: detectron2's ``SimpleTrainer`` with autocast (fp16/bf16, also on CPU),
-gradient accumulation, global gradient clipping, a non-finite-loss check on every rank and a
-clean stop when a hook asks for one; plus the device of this process."""
+"""The training loop (detectron2's ``SimpleTrainer`` with autocast, gradient accumulation,
+clipping, a non-finite-loss check and stop requests) and the device of this process."""
 import contextlib
 import logging
 import re
@@ -24,14 +23,11 @@ DEVICE_PATTERN = r"cpu|cuda(:\d+)?"
 
 
 def resolve_device(name: str) -> torch.device:
-    """Turn a device string (config or command line) into a device for this process.
+    """The device of this process for a device string of the config or command line.
 
     Args:
         name: ``"cpu"``, ``"cuda"`` (the GPU of this process' local rank), ``"cuda:<i>"`` or
             ``"auto"`` (``"cuda"`` when CUDA is available, else ``"cpu"``).
-
-    Returns:
-        The device.
     """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -46,11 +42,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 class _StopTraining(BaseException):
-    """Ends ``TrainerBase.train`` after a stop request.
-
-    A ``BaseException`` (like ``KeyboardInterrupt``): detectron2's loop catches only
-    ``Exception`` to log a failure, and its ``finally`` still runs the hooks' ``after_train``.
-    """
+    """Ends ``TrainerBase.train`` after a stop request: a ``BaseException`` (like
+    ``KeyboardInterrupt``) is not logged as a failure, and ``after_train`` still runs."""
 
 
 class SegTrainer(SimpleTrainer):
@@ -58,17 +51,12 @@ class SegTrainer(SimpleTrainer):
     check and stop requests.
 
     One iteration is one optimizer step over ``grad_accum_steps`` micro-batches (one data-loader
-    batch each): each micro-batch loss is divided by ``grad_accum_steps`` before ``backward`` and
-    DDP synchronizes gradients only on the last one; clipping and the step happen once. The
-    logged losses are the micro-batch mean.
-
-    The loss check runs on every rank (one all-reduce of a flag) before each ``backward``, so a
-    non-finite loss stops all processes together with ``FloatingPointError`` naming the
-    iteration, before the optimizer step and before any checkpoint hook of that iteration.
-
-    A hook may call :meth:`request_stop` (e.g. early stopping): the current iteration finishes
-    with all its hooks, then training ends as if ``max_iter`` were the next iteration, so the
-    hooks' ``after_train`` see a completed run.
+    batch each, loss divided by ``grad_accum_steps``, DDP gradient sync on the last one); the
+    logged losses are the micro-batch mean. A non-finite loss on any rank (one all-reduce of a
+    flag before each ``backward``) stops every process with ``FloatingPointError`` naming the
+    iteration, before the optimizer step and any checkpoint of that iteration. After
+    :meth:`request_stop` the iteration finishes with all its hooks, then training ends as if
+    ``max_iter`` were the next iteration (the hooks' ``after_train`` see a completed run).
     """
 
     def __init__(
@@ -86,17 +74,14 @@ class SegTrainer(SimpleTrainer):
     ):
         """
         Args:
-            model: the (possibly DDP-wrapped) model returning a dict of losses in train mode.
-            data_loader: iterable of batches.
-            optimizer: the optimizer.
+            model, data_loader, optimizer: as for ``SimpleTrainer``.
             device: device the model runs on (selects the autocast device type).
             amp_dtype: None (fp32), "float16" (with a GradScaler) or "bfloat16".
             clip_grad_max_norm: clip the global L-p gradient norm of all optimized parameters
-                to this value; 0 disables clipping.
-            clip_grad_norm_type: the p of the norm.
+                to this value; 0 disables clipping. ``clip_grad_norm_type``: the p.
             grad_accum_steps: micro-batches per optimizer step (>= 1).
-            eval_modules: modules kept in eval mode during training (modules frozen by the
-                config: their BatchNorm statistics and dropout stay fixed).
+            eval_modules: modules kept in eval mode (frozen by the config: BatchNorm statistics
+                and dropout stay fixed).
         """
         super().__init__(model, data_loader, optimizer)
         if amp_dtype is not None and amp_dtype not in AMP_DTYPES:
@@ -122,11 +107,7 @@ class SegTrainer(SimpleTrainer):
         self.stop_reason: Optional[str] = None
 
     def request_stop(self, reason: str) -> None:
-        """End training after the current iteration (all ranks must call it together).
-
-        Args:
-            reason: logged when training stops.
-        """
+        """End training after the current iteration, logging ``reason`` (on every rank)."""
         self.stop_reason = reason
 
     @property
@@ -135,8 +116,6 @@ class SegTrainer(SimpleTrainer):
         return self.stop_reason is not None and self.iter == self.max_iter
 
     def train(self, start_iter: int, max_iter: int) -> None:
-        """detectron2's loop over ``start_iter .. max_iter - 1``, ended early by
-        :meth:`request_stop`; ``self.max_iter`` is then the number of iterations run."""
         self.stop_reason = None
         try:
             super().train(start_iter, max_iter)
@@ -146,9 +125,8 @@ class SegTrainer(SimpleTrainer):
     def after_step(self) -> None:
         super().after_step()
         if self.stop_reason is not None:
-            logger.info(
-                "Stopping after iteration %d of %d: %s", self.iter, self.max_iter, self.stop_reason
-            )
+            logger.info("Stopping after iteration %d of %d: %s", self.iter, self.max_iter,
+                        self.stop_reason)
             # As at a normal end: iter == max_iter tells the hooks' after_train that the run
             # completed.
             self.iter = self.max_iter = self.iter + 1
@@ -166,13 +144,6 @@ class SegTrainer(SimpleTrainer):
                 f"Losses on this rank: {values}"
             )
 
-    def _sync_context(self, micro_step: int) -> contextlib.AbstractContextManager:
-        """DDP gradient all-reduce only on the last micro-batch of a step."""
-        is_last = micro_step == self.grad_accum_steps - 1
-        if is_last or not isinstance(self.model, DistributedDataParallel):
-            return contextlib.nullcontext()
-        return self.model.no_sync()
-
     def run_step(self) -> None:
         """One iteration: per micro-batch forward (autocast), finite check, scaled backward; then
         clip and one optimizer step."""
@@ -187,10 +158,12 @@ class SegTrainer(SimpleTrainer):
             start = time.perf_counter()
             data = next(self._data_loader_iter)
             data_time += time.perf_counter() - start
-            with self._sync_context(micro_step):
-                with torch.autocast(
-                    self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
-                ):
+            # DDP all-reduces the gradients on the last micro-batch only
+            is_last = micro_step == self.grad_accum_steps - 1
+            sync = is_last or not isinstance(self.model, DistributedDataParallel)
+            with contextlib.nullcontext() if sync else self.model.no_sync():
+                amp = self.amp_dtype is not None
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=amp):
                     loss_dict = self.model(data)
                 losses = sum(loss_dict.values())
                 self._check_finite(losses, loss_dict)
