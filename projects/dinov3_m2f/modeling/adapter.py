@@ -109,15 +109,9 @@ class Extractor(nn.Module):
             self.ffn_norm = nn.LayerNorm(dim, eps=EXTRACTOR_LN_EPS)
             self.drop_path = StochasticDepth(drop_path, mode="row")
 
-    def _forward(
-        self,
-        query: torch.Tensor,
-        feat: torch.Tensor,
-        reference_points: torch.Tensor,
-        spatial_shapes: torch.Tensor,
-        level_start_index: torch.Tensor,
-        query_shapes: Sequence[Tuple[int, int]],
-    ) -> torch.Tensor:
+    def _forward(self, query: torch.Tensor, feat: torch.Tensor, *geometry) -> torch.Tensor:
+        """:meth:`forward` without activation checkpointing."""
+        reference_points, spatial_shapes, level_start_index, query_shapes = geometry
         attn = self.attn(
             self.query_norm(query), reference_points, self.feat_norm(feat), spatial_shapes, level_start_index
         )

@@ -72,16 +72,8 @@ def weighted_sigmoid_ce(
 def weighted_dice(
     point_logits: torch.Tensor, point_labels: torch.Tensor, weights: torch.Tensor
 ) -> torch.Tensor:
-    """Per-mask Dice loss over the points with weight.
-
-    Args:
-        point_logits: [N, P] logits.
-        point_labels: [N, P] targets in [0, 1].
-        weights: [N, P] point weights (0 = not counted).
-
-    Returns:
-        [N] losses; 0 for a mask without weighted points.
-    """
+    """Per-mask Dice loss over the points with weight: [N] losses, 0 for a mask without weighted
+    points (arguments of :func:`weighted_sigmoid_ce`)."""
     probs = point_logits.sigmoid() * weights  # [N, P]
     labels = point_labels * weights  # [N, P]
     numerator = 2.0 * (probs * labels).sum(-1)

@@ -101,14 +101,8 @@ class _AttentionLayer(_ResidualLayer):
 
 
 class SelfAttentionLayer(_AttentionLayer):
-    """Query self-attention with residual and LayerNorm (post-norm or pre-norm).
-
-    Args:
-        d_model: channels.
-        nhead: heads.
-        dropout: attention and residual dropout.
-        pre_norm: normalize before the attention instead of after the residual sum.
-    """
+    """Query self-attention with residual and LayerNorm (post-norm or pre-norm); arguments of
+    :class:`_AttentionLayer`."""
 
     attn_name = "self_attn"
     self_attn: nn.MultiheadAttention
@@ -131,14 +125,8 @@ class SelfAttentionLayer(_AttentionLayer):
 
 
 class CrossAttentionLayer(_AttentionLayer):
-    """Queries attend to one level of pixel features, with an optional attention mask.
-
-    Args:
-        d_model: channels.
-        nhead: heads.
-        dropout: attention and residual dropout.
-        pre_norm: normalize before the attention instead of after the residual sum.
-    """
+    """Queries attend to one level of pixel features, with an optional attention mask; arguments
+    of :class:`_AttentionLayer`."""
 
     attn_name = "multihead_attn"
     multihead_attn: nn.MultiheadAttention
