@@ -7,7 +7,7 @@ import torch
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 TOOLS = Path(__file__).parent.parent / "tools"
-# Tolerance recommended by the fixture README (>= 15x the measured fp32 noise).
+# Tolerance of the ViT outputs in tests/fixtures/README.md (>= 15x the measured fp32 noise).
 PARITY_ATOL = 1e-4
 
 

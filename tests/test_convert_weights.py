@@ -12,7 +12,7 @@ from dinov3_m2f.modeling.class_merge import load_class_merge
 from dinov3_m2f.modeling.mask2former_head import Mask2FormerHead, official_dinov3_head_kwargs
 from dinov3_m2f.modeling.official_weights import BACKBONE_PREFIX, convert_official_segmentor_state_dict
 
-TOL_SCORES = 1e-3  # the fixture README's tolerance for semantic_probs
+TOL_SCORES = 1e-3  # tests/fixtures/README.md's tolerance for semantic_probs
 
 tool = load_tool("convert_weights")
 

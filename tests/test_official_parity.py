@@ -1,6 +1,6 @@
 """Parity with the official DINOv3 segmentor (ViT-Adapter + Mask2Former head) on random weights.
 
-Fixture: tests/fixtures/dinov3_segmentor.pt (copy of the shared reference; see its README): official
+Fixture: tests/fixtures/dinov3_segmentor.pt (see tests/fixtures/README.md): official
 outputs in float32 on CPU for a tiny ViT (D=128, 6 blocks), the official adapter and the official M2F head
 (hidden 64, 7 classes).
 
@@ -10,7 +10,7 @@ Measured max-abs errors (CPU, float32, impl="pytorch"; fixture noise vs float64 
     semantic_probs 1.5e-05 (2.0e-05).
 With the compiled CPU op (impl="compiled") the same except res3 2.4e-06, pred_masks 4.8e-06,
 semantic_probs 1.9e-05.
-The tolerances below are the fixture README's (>= 46x margin over the noise).
+The tolerances below are tests/fixtures/README.md's (>= 46x margin over the noise).
 """
 from pathlib import Path
 
