@@ -105,18 +105,15 @@ class SegTrainer(SimpleTrainer):
         self.grad_accum_steps = grad_accum_steps
         self.eval_modules = list(eval_modules)
         self.stop_reason: Optional[str] = None
+        self.stopped_early = False
 
     def request_stop(self, reason: str) -> None:
         """End training after the current iteration, logging ``reason`` (on every rank)."""
         self.stop_reason = reason
 
-    @property
-    def stopped_early(self) -> bool:
-        """Whether training ended on a stop request, with its last iteration complete."""
-        return self.stop_reason is not None and self.iter == self.max_iter
-
     def train(self, start_iter: int, max_iter: int) -> None:
         self.stop_reason = None
+        self.stopped_early = False  # whether a stop request ended training before max_iter
         try:
             super().train(start_iter, max_iter)
         except _StopTraining:
@@ -124,12 +121,13 @@ class SegTrainer(SimpleTrainer):
 
     def after_step(self) -> None:
         super().after_step()
-        if self.stop_reason is not None:
+        if self.stop_reason is not None and self.iter + 1 < self.max_iter:
             logger.info("Stopping after iteration %d of %d: %s", self.iter, self.max_iter,
                         self.stop_reason)
             # As at a normal end: iter == max_iter tells the hooks' after_train that the run
             # completed.
             self.iter = self.max_iter = self.iter + 1
+            self.stopped_early = True
             raise _StopTraining
 
     def _check_finite(self, losses: torch.Tensor, loss_dict: Dict[str, torch.Tensor]) -> None:
