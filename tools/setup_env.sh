@@ -113,9 +113,9 @@ if detectron2_version="$("$PYTHON" -c 'import detectron2; print(detectron2.__ver
 elif ! step "detectron2: building from $DETECTRON2_SOURCE against $(head -n 1 "$PINS") (pip)" \
     install_detectron2; then
   cat >&2 <<EOF
-detectron2 could not be installed from DETECTRON2_SOURCE=$DETECTRON2_SOURCE (output above).
-DETECTRON2_SOURCE takes any pip requirement; offline machines use a local checkout of
-$DETECTRON2_REPO at commit $DETECTRON2_COMMIT:
+detectron2 could not be installed from $DETECTRON2_SOURCE (pip's output above).
+Point DETECTRON2_SOURCE at any pip requirement that works here. Offline machines use a local
+checkout of $DETECTRON2_REPO at commit $DETECTRON2_COMMIT:
   git clone $DETECTRON2_REPO detectron2 && git -C detectron2 checkout $DETECTRON2_COMMIT
   DETECTRON2_SOURCE=\$PWD/detectron2 bash tools/run_tests.sh
 EOF
