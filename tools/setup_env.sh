@@ -62,10 +62,10 @@ step() {
 
 pip_install() { "$PYTHON" -m pip install -c "$PINS" "$@"; }
 
-# Sets ACTION, REQUIREMENTS and MESSAGE from tools/setup_torch.py.
+# Sets ACTION, REQUIREMENTS and MESSAGE from tools/setup_torch.py (its warnings shown only if it fails).
 torch_decision() {
   local decision
-  decision="$("$PYTHON" tools/setup_torch.py decide)"
+  decision="$("$PYTHON" tools/setup_torch.py decide 2>"$LOG")" || { cat "$LOG" >&2; return 1; }
   { read -r ACTION; read -r REQUIREMENTS; read -r MESSAGE; } <<<"$decision"
 }
 
