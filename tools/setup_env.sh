@@ -8,7 +8,7 @@
 #                torch is missing, or replaces a CPU build that cannot be used; a GPU build of
 #                torch is never replaced (tools/setup_torch.py decides). Every later pip install
 #                is constrained to the torch/torchvision found here.
-#   build tools  setuptools, wheel and ninja, for the two source builds below.
+#   build tools  setuptools and ninja, for the two source builds below.
 #   detectron2   Only when `import detectron2` fails: from DETECTRON2_SOURCE, built with
 #                --no-build-isolation against the installed torch.
 #   dinov3_m2f   Editable install with its dependencies and test extras; compiles the op (with
@@ -105,7 +105,8 @@ esac
 "$PYTHON" tools/setup_torch.py pins >"$PINS"
 
 # 2. build tools
-step "build tools: setuptools, wheel, ninja (pip)" pip_install "setuptools>=64" wheel ninja
+# setuptools >= 70.1 builds wheels without the separate wheel package
+step "build tools: setuptools, ninja (pip)" pip_install "setuptools>=70.1" ninja
 
 # 3. detectron2
 if detectron2_version="$("$PYTHON" -c 'import detectron2; print(detectron2.__version__)' 2>/dev/null)"; then
