@@ -30,7 +30,8 @@ DETECTRON2_REPO="https://github.com/facebookresearch/detectron2"
 DETECTRON2_COMMIT="02b5c4e295e990042a714712c21dc79b731e8833"
 DETECTRON2_SOURCE="${DETECTRON2_SOURCE:-git+${DETECTRON2_REPO}.git@${DETECTRON2_COMMIT}}"
 export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
-export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
+# nproc alone would honour OMP_NUM_THREADS (often 1 on shared machines) and compile serially
+export MAX_JOBS="${MAX_JOBS:-$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)}"
 
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
