@@ -135,7 +135,8 @@ def _cannot_use(state: TorchState, problem: str) -> Tuple[str, List[str], str]:
         return "install", PINNED_PAIR, f"{problem}: replacing it with {' + '.join(PINNED_PAIR)}"
     return "refuse", [], (
         f"{problem}. Set-up never replaces a GPU build of torch: install a supported "
-        f"torch/torchvision pair built for your CUDA, {_ANOTHER_INTERPRETER}"
+        f"torch/torchvision pair built for your CUDA (or uninstall both to get "
+        f"{' + '.join(PINNED_PAIR)}), {_ANOTHER_INTERPRETER}"
     )
 
 
