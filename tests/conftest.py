@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+from skip_policy import pytest_addoption, pytest_configure  # noqa: F401 (--only-cuda-skips)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTHETIC_CONFIG = os.path.join(REPO, "configs", "synthetic", "m2f_tiny_synthetic.py")
