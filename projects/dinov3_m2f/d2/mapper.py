@@ -11,6 +11,8 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
+from dinov3_m2f.data.image import UnreadableImageError as CoreUnreadableImageError
+from dinov3_m2f.data.image import read_image
 from dinov3_m2f.data.io import check_same_size, read_label_mask
 
 from .datasets import register_all
@@ -37,11 +39,11 @@ class UnreadableImageError(ValueError):
 
 
 def read_image_or_raise(path: str, *, image_format: str) -> np.ndarray:
-    """``detection_utils.read_image`` that names the file when it is missing or corrupt.
+    """:func:`dinov3_m2f.data.image.read_image`, raising this module's error type.
 
     Args:
         path: image file.
-        image_format: channel order, as for ``read_image`` (e.g. "RGB").
+        image_format: channel order, "RGB" or "BGR".
 
     Returns:
         The decoded image [H, W, C].
@@ -51,13 +53,9 @@ def read_image_or_raise(path: str, *, image_format: str) -> np.ndarray:
             image); the message names the file.
     """
     try:
-        return utils.read_image(path, format=image_format)
-    except FileNotFoundError as e:
-        raise UnreadableImageError(f"image file {path} does not exist", path=path) from e
-    except (OSError, SyntaxError) as e:
-        # PIL raises OSError (UnidentifiedImageError included) for non-images and truncated data,
-        # and SyntaxError for some malformed headers.
-        raise UnreadableImageError(f"cannot read image file {path}: {e}", path=path) from e
+        return read_image(path, image_format=image_format)
+    except CoreUnreadableImageError as e:
+        raise UnreadableImageError(str(e), path=path) from e
 
 
 def _as_pair(size: Union[int, Sequence[int]], name: str) -> Tuple[int, int]:
