@@ -203,14 +203,13 @@ def _open_mask(path: str) -> Image.Image:
     """The decoded mask image (the caller closes it); errors name the file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"mask file {path} does not exist")
+    img = None
     try:
         img = Image.open(path)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read mask file {path}: {e}") from e
-    try:
         img.load()
     except (OSError, ValueError) as e:
-        img.close()
+        if img is not None:
+            img.close()
         raise ValueError(f"cannot read mask file {path}: {e}") from e
     return img
 
@@ -221,7 +220,7 @@ def read_label_mask(
     label_map: Optional[Mapping[int, int]] = None,
     num_classes: Optional[int] = None,
     ignore_value: int = IGNORE_VALUE,
-    image: Optional[ImageHeader] = None,
+    image_header: Optional[ImageHeader] = None,
 ) -> np.ndarray:
     """Read a single-channel label mask and check its values.
 
@@ -234,8 +233,8 @@ def read_label_mask(
         num_classes: when given, values must lie in ``0..num_classes-1`` or equal ``ignore_value``
             (checked after ``label_map``).
         ignore_value: the value that marks ignored pixels.
-        image: header of the mask's image; when given, the mask is lined up with the image as
-            displayed (see :func:`mask_alignment`), and a mask of another size is an error
+        image_header: header of the mask's image; when given, the mask is lined up with the
+            image as displayed (see :func:`mask_alignment`), and a mask of another size is an error
             naming both files.
 
     Returns:
@@ -244,10 +243,10 @@ def read_label_mask(
     with _open_mask(path) as img:
         mode = img.mode
         mask = img
-        if image is not None:
+        if image_header is not None:
             width, height = img.size
-            if mask_alignment(image, (height, width), mask_path=path) == MASK_STORED:
-                mask = img.transpose(image.transpose)
+            if mask_alignment(image_header, (height, width), mask_path=path) == MASK_STORED:
+                mask = img.transpose(image_header.transpose)
         labels = np.asarray(mask)
     if labels.ndim != 2:
         channels = labels.shape[2] if labels.ndim == 3 else labels.ndim
@@ -299,7 +298,7 @@ def read_image_and_mask(
     """
     image, header = read_image_and_header(image_path, image_format=image_format)
     labels = read_label_mask(
-        mask_path, label_map=label_map, num_classes=num_classes, ignore_value=ignore_value, image=header
+        mask_path, label_map=label_map, num_classes=num_classes, ignore_value=ignore_value, image_header=header
     )
     return image, labels
 
@@ -326,7 +325,7 @@ def read_mask_for_image(
     """
     return read_label_mask(
         mask_path, label_map=label_map, num_classes=num_classes, ignore_value=ignore_value,
-        image=read_image_header(image_path),
+        image_header=read_image_header(image_path),
     )
 
 
