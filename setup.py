@@ -69,7 +69,7 @@ setup(
     package_dir={"dinov3_m2f": "projects/dinov3_m2f"},
     packages=["dinov3_m2f"]
     + ["dinov3_m2f." + p for p in find_packages(where="projects/dinov3_m2f")],
-    install_requires=["fvcore", "pycocotools", "opencv-python-headless", "scipy", "safetensors"],
+    install_requires=["fvcore", "pycocotools", "opencv-python-headless", "scipy", "safetensors", "tqdm"],
     extras_require={"test": ["pytest", "transformers"]},
     ext_modules=_extensions(),
     cmdclass={"build_ext": BuildExtension},

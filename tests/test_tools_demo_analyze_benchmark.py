@@ -62,7 +62,8 @@ def test_demo_skips_a_corrupt_image_and_writes_the_others(
     labels = np.asarray(Image.open(out / f"{good[0]}_labels.png"))
     overlay = np.asarray(Image.open(out / f"{good[0]}_overlay.png"))
     assert labels.shape == (128, 128) and labels.max() < 7
-    assert overlay.shape == (128, 128, 3)
+    # the overlay lines up with the image; the legend of the classes present is on the right
+    assert overlay.shape[0] == 128 and overlay.shape[1] > 128 and overlay.shape[2] == 3
 
 
 def test_demo_fails_when_no_image_is_readable(demo, tiny_synthetic_checkpoint, image_folder,

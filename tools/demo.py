@@ -3,8 +3,9 @@
 
 Inputs are image files, folders (their images, sorted, not recursive) or glob patterns. For each
 input ``<stem>.<ext>`` the output folder gets:
-    <stem>_overlay.png   the image with the predicted classes drawn over it (names and colors from
-                         the test dataset's metadata)
+    <stem>_overlay.png   the image with the predicted classes drawn over it and a legend of the
+                         classes present on the right (names and colors from the test dataset's
+                         metadata; drawn by dinov3_m2f.data.visualize.draw_overlay)
     <stem>_labels.png    uint8 class ids, one channel, same size as the image
 
 An image that cannot be read is skipped with a warning naming it; the exit code is 0 when at least
@@ -26,12 +27,12 @@ import sys
 from typing import List, Optional, Sequence
 
 import numpy as np
-from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image
 from tqdm import tqdm
 
-from dinov3_m2f.d2.mapper import UnreadableImageError, read_image_or_raise
 from dinov3_m2f.d2.predictor import SemSegPredictor
+from dinov3_m2f.data.image import UnreadableImageError, read_image
+from dinov3_m2f.data.visualize import class_colors, draw_overlay
 
 logger = logging.getLogger(__name__)
 
@@ -128,8 +129,9 @@ def save_outputs(
         output: output folder.
         alpha: overlay opacity.
     """
-    visualizer = Visualizer(image, predictor.metadata, instance_mode=ColorMode.IMAGE)
-    overlay = visualizer.draw_sem_seg(labels, alpha=alpha).get_image()  # [H, W, 3] RGB
+    names = predictor.class_names
+    colors = predictor.metadata.get("stuff_colors") or class_colors(len(names))
+    overlay = draw_overlay(image, labels, class_names=names, colors=colors, alpha=alpha)  # RGB
     Image.fromarray(overlay).save(os.path.join(output, stem + OVERLAY_SUFFIX))
     Image.fromarray(labels.astype(np.uint8)).save(os.path.join(output, stem + LABELS_SUFFIX))
 
@@ -155,7 +157,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     skipped: List[str] = []
     for path in tqdm(files, desc="demo", unit="image", disable=len(files) == 1):
         try:
-            image = read_image_or_raise(path, image_format="RGB")
+            image = read_image(path)
         except UnreadableImageError as e:
             logger.warning("Skipping %s: %s", path, e)
             skipped.append(path)

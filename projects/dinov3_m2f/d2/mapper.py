@@ -8,6 +8,8 @@ import torch
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
+from dinov3_m2f.data.image import UnreadableImageError as CoreUnreadableImageError
+from dinov3_m2f.data.image import read_image
 from dinov3_m2f.data.io import check_same_size, read_label_mask
 
 logger = logging.getLogger(__name__)
@@ -26,16 +28,23 @@ class UnreadableImageError(ValueError):
 
 
 def read_image_or_raise(path: str, *, image_format: str) -> np.ndarray:
-    """``detection_utils.read_image(path, format=image_format)`` -> [H, W, C] that raises
-    :class:`UnreadableImageError` naming the file when it is missing or does not decode."""
+    """:func:`dinov3_m2f.data.image.read_image`, raising this module's error type.
+
+    Args:
+        path: image file.
+        image_format: channel order, "RGB" or "BGR".
+
+    Returns:
+        The decoded image [H, W, C].
+
+    Raises:
+        UnreadableImageError: the file does not exist or does not decode (truncated, not an
+            image); the message names the file.
+    """
     try:
-        return utils.read_image(path, format=image_format)
-    except FileNotFoundError as e:
-        raise UnreadableImageError(f"image file {path} does not exist", path=path) from e
-    except (OSError, SyntaxError) as e:
-        # PIL raises OSError (UnidentifiedImageError included) for non-images and truncated data,
-        # and SyntaxError for some malformed headers.
-        raise UnreadableImageError(f"cannot read image file {path}: {e}", path=path) from e
+        return read_image(path, image_format=image_format)
+    except CoreUnreadableImageError as e:
+        raise UnreadableImageError(str(e), path=path) from e
 
 
 class SemSegDatasetMapper:
