@@ -10,20 +10,12 @@ from dinov3_m2f.benchmarking import (
     MemoryMeter,
     markdown_table,
     parse_device,
-    parse_dtype,
     random_label_maps,
     time_ms,
     write_records,
 )
 
 MIB = 2**20
-
-
-def test_parse_dtype_takes_short_and_long_names():
-    assert parse_dtype("bf16") is parse_dtype("bfloat16") is torch.bfloat16
-    assert parse_dtype("fp32") is torch.float32 and parse_dtype("float16") is torch.float16
-    with pytest.raises(ValueError, match="'bf32'.*bfloat16"):
-        parse_dtype("bf32")
 
 
 def test_parse_device():

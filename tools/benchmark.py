@@ -53,8 +53,6 @@ from dinov3_m2f.benchmarking import (
 from dinov3_m2f.d2.engine import AMP_DTYPES, SegTrainer, resolve_device
 from dinov3_m2f.d2.config import load_config
 
-logger = logging.getLogger(__name__)
-
 AMP_CHOICES = {"bf16": "bfloat16", "fp16": "float16", "none": None}
 
 

@@ -64,8 +64,6 @@ from dinov3_m2f.modeling import (
     semantic_probs,
 )
 
-logger = logging.getLogger("benchmark_head")
-
 # Tiny model for a quick functional run (CPU, a few seconds).
 TINY_BACKBONE = dict(embed_dim=64, depth=4, num_heads=2, patch_size=16)
 TINY_INTERACTIONS = [0, 1, 2, 3]

@@ -566,9 +566,10 @@ def write_results(ctx: Context, steps: List[Step], *, total_s: float) -> Tuple[L
         step = by_step.get(step_name)
         return f"`{display(step.commands[-1])}`" if step else ""
 
-    # The tools' table format. Imported only now, after the build step: the package loads the
-    # extension, which the in-place build must not overwrite while this process has it mapped.
+    # Imported only now, after the build step: the package loads the extension, which the
+    # in-place build must not overwrite while this process has it mapped.
     from dinov3_m2f.benchmarking import markdown_table
+    from dinov3_m2f.utils import atomic_open
 
     lines = [
         f"# GPU check{' (dry run)' if dry else ''}: {ctx.date}",
@@ -608,9 +609,10 @@ def write_results(ctx: Context, steps: List[Step], *, total_s: float) -> Tuple[L
                              [[s.name, s.what, s.status, f"{s.wall_s:.1f}", f"{s.budget_s:.0f}", f"{s.timeout_s:.0f}"]
                               for s in steps]),
               "", f"Full output of every step: `{LOG_FILE}`; raw figures: `{RECORDS_FILE}`.", ""]
-    with open(os.path.join(ctx.args.out, RESULTS_FILE), "w") as f:
+    # Replaced whole after every step, so a check killed at its time limit leaves whole files.
+    with atomic_open(os.path.join(ctx.args.out, RESULTS_FILE), "w") as f:
         f.write("\n".join(lines))
-    with open(os.path.join(ctx.args.out, RECORDS_FILE), "w") as f:
+    with atomic_open(os.path.join(ctx.args.out, RECORDS_FILE), "w") as f:
         json.dump(dict(records=records, tests=tests), f, indent=1)
     return targets, failed
 

@@ -25,7 +25,6 @@ __all__ = [
     "markdown_table",
     "median_ms",
     "parse_device",
-    "parse_dtype",
     "random_label_maps",
     "synchronize",
     "time_ms",
@@ -48,24 +47,10 @@ KIB = 2**10
 _PROC_STATUS = "/proc/self/status"
 _CLEAR_REFS = "/proc/self/clear_refs"
 _RESET_PEAK_RSS = "5"  # written to clear_refs: VmHWM := current resident size
-# Random label maps: classes per image (a scene-parsing image shows about ten) and the side of
-# the grid of constant-label blocks.
+# Random label maps: classes per image (scene-parsing images show a handful, not all 150) and
+# the side of the grid of constant-label blocks.
 CLASSES_PER_IMAGE = 10
 LABEL_GRID = 8
-
-
-def parse_dtype(name: str) -> torch.dtype:
-    """The dtype of a name in :data:`DTYPES` (``"bf16"``, ``"bfloat16"``, ...).
-
-    Args:
-        name: dtype name.
-
-    Raises:
-        ValueError: an unknown name (the message lists the known ones).
-    """
-    if name not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(DTYPES)}")
-    return DTYPES[name]
 
 
 def parse_device(name: str = "auto") -> torch.device:
