@@ -23,7 +23,10 @@ fails is reported and the next one runs):
               (detectron2's trainer and meta-architecture), detectron2 taken from that source tree
 
 The model steps use the plain-PyTorch core and import nothing from detectron2, so the check runs
-on a bare GPU image (Python, torch, scipy, pytest). Targets (issue 13) are checked in the results
+on a bare GPU image (Python, torch, scipy, pytest) plus the core's pure-Python dependency fvcore
+(with iopath, yacs and termcolor), carried as wheels, e.g. prepared here with
+``python3 -m pip wheel --no-deps -w .whl fvcore iopath yacs termcolor`` and installed there with
+``pip install --no-index --no-deps --target /tmp/site .whl/*.whl`` + ``PYTHONPATH=/tmp/site``. Targets (issue 13) are checked in the results
 file, not by the exit code: the exit code is 1 when a step failed, else 0.
 
 --dry-run runs the same steps on the CPU with tiny shapes and few iterations (about a minute):
@@ -104,7 +107,8 @@ DRY_WARMUP, DRY_OP_ITERS, DRY_MODEL_ITERS = 1, 2, 1
 DRY_D2_POINTS = 256
 VITL_CONFIG = "configs/ade20k/m2f_vitl16_lvd1689m_512.py"
 DRY_D2_CONFIG = "configs/synthetic/m2f_tiny_synthetic.py"
-# Packages the detectron2 step needs beyond a bare GPU image (carry them as wheels).
+# Packages the detectron2 step needs beyond a bare GPU image (carry them as wheels; the core
+# steps need fvcore, iopath, yacs and termcolor of this list too).
 D2_MODULES = ["detectron2", "fvcore", "iopath", "omegaconf", "hydra", "yacs", "termcolor", "pycocotools"]
 # Run in a child after the build: the extension loads (and, on a GPU, has CUDA kernels).
 IMPORT_CHECK = """
