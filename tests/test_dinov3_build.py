@@ -174,20 +174,18 @@ def test_strict_key_errors_on_the_meta_path_name_file_and_keys(tmp_path):
     with pytest.raises(ValueError, match=r"weights\.safetensors.*embed_dim=128, depth=6.*embed_dim=128, depth=5"):
         build_frozen_dinov3(None, weights=good, **{**kwargs, "depth": 5})
 
-    # A Hugging Face file missing one projection of a fused qkv tensor.
-    hf_sd = convert_to_hf_state_dict(fixture["state_dict"])
-    del hf_sd["layer.2.attention.v_proj.weight"]
-    no_v = tmp_path / "no_v.safetensors"
-    save_file(hf_sd, str(no_v))
-    with pytest.raises(ValueError, match=r"no_v\.safetensors.*blocks\.2\.attn\.qkv\.weight.*'q_proj'.*'k_proj'"):
-        build_frozen_dinov3(None, weights=no_v, **kwargs)
-    # Only the k bias may be absent (HF drops it); a missing q bias is an error.
-    hf_sd = convert_to_hf_state_dict(fixture["state_dict"])
-    del hf_sd["layer.1.attention.q_proj.bias"]
-    no_q_bias = tmp_path / "no_q_bias.safetensors"
-    save_file(hf_sd, str(no_q_bias))
-    with pytest.raises(ValueError, match=r"no_q_bias\.safetensors.*blocks\.1\.attn\.qkv\.bias"):
-        build_frozen_dinov3(None, weights=no_q_bias, **kwargs)
+    # A Hugging Face file missing one projection of a fused qkv tensor; only the k bias may be
+    # absent (HF drops it), so a missing q bias is an error too.
+    for dropped, message in (
+        ("layer.2.attention.v_proj.weight", r"blocks\.2\.attn\.qkv\.weight.*'q_proj'.*'k_proj'"),
+        ("layer.1.attention.q_proj.bias", r"blocks\.1\.attn\.qkv\.bias.*'v_proj'"),
+    ):
+        hf_sd = convert_to_hf_state_dict(fixture["state_dict"])
+        del hf_sd[dropped]
+        path = tmp_path / f"without_{dropped}.safetensors"
+        save_file(hf_sd, str(path))
+        with pytest.raises(ValueError, match=re.escape(path.name) + ".*" + message):
+            build_frozen_dinov3(None, weights=path, **kwargs)
 
 
 def test_absent_optional_and_derived_tensors_get_their_initial_values(tmp_path):
