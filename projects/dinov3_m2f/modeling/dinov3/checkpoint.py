@@ -419,7 +419,9 @@ def _materialize(
         if key not in created:
             shape, current_dtype, current_device = specs[key]
             new_dtype = current_dtype if dtype is None else model.storage_dtype(key, dtype)
-            new_device = device or (torch.device("cpu") if current_device.type == "meta" else current_device)
+            new_device = device if device is not None else current_device
+            if new_device.type == "meta":
+                new_device = torch.device("cpu")
             make = torch.zeros if key in partial else torch.empty  # an absent k-bias third stays 0
             created[key] = make(shape, dtype=new_dtype, device=new_device)
             assign_tensor(model, key, created[key])
