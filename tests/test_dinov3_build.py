@@ -195,7 +195,8 @@ def test_absent_optional_and_derived_tensors_get_their_initial_values(tmp_path):
         del sd[key]
     path = tmp_path / "no_masks.pth"
     torch.save(sd, path)
-    model = build_frozen_dinov3(None, weights=path, **{**fixture_kwargs(fixture), "untie_global_and_local_cls_norm": True})
+    kwargs = {**fixture_kwargs(fixture), "untie_global_and_local_cls_norm": True}
+    model = build_frozen_dinov3(None, weights=path, **kwargs)
     assert_fully_materialised(model)
     mask = model.blocks[4].attn.qkv.bias_mask
     assert mask.tolist() == [1.0] * 128 + [0.0] * 128 + [1.0] * 128
