@@ -109,12 +109,14 @@ def atomic_torch_save(obj: Any, path: str) -> None:
         torch.save(obj, f)
 
 
-def safe_torch_load(path: str, *, what: str = "checkpoint") -> Any:
+def safe_torch_load(path: str, *, what: str = "checkpoint", mmap: bool = False) -> Any:
     """``torch.load(path, map_location="cpu", weights_only=True)`` with one error naming the file.
 
     Args:
         path: the file to read.
         what: what the file is, for the error message (e.g. ``"DINOv3 checkpoint"``).
+        mmap: map the file instead of reading it (``torch.load(mmap=True)``; zip-format files only):
+            tensors are then views of the file's pages, read when first touched.
 
     Returns:
         The loaded object (tensors, numbers, strings and containers only).
@@ -123,6 +125,6 @@ def safe_torch_load(path: str, *, what: str = "checkpoint") -> Any:
         ValueError: the file is truncated, corrupt, not a torch file, or holds pickled code.
     """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except TORCH_LOAD_ERRORS as exc:
         raise ValueError(f"Could not read {what} {path} with torch.load(weights_only=True): {exc}") from exc

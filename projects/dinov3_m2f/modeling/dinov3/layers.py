@@ -91,9 +91,10 @@ class LinearKMaskedBias(nn.Linear):
         if out_features % 3 != 0:
             raise ValueError(f"out_features of a fused qkv projection must be divisible by 3, got {out_features}")
         if bias:
-            self.register_buffer("bias_mask", self._default_bias_mask(), persistent=True)
+            self.register_buffer("bias_mask", self.default_bias_mask(), persistent=True)
 
-    def _default_bias_mask(self) -> Tensor:
+    def default_bias_mask(self) -> Tensor:
+        """The released layout ``[1 x D, 0 x D, 1 x D]`` (``[3D]``, float32)."""
         third = self.out_features // 3
         mask = torch.ones(self.out_features)  # [3D]
         mask[third : 2 * third] = 0.0
@@ -103,7 +104,7 @@ class LinearKMaskedBias(nn.Linear):
         """Set ``bias_mask`` to the released layout (no-op without a bias)."""
         if getattr(self, "bias_mask", None) is not None:
             with torch.no_grad():
-                self.bias_mask.copy_(self._default_bias_mask())
+                self.bias_mask.copy_(self.default_bias_mask())
 
     def reset_parameters(self) -> None:
         super().reset_parameters()

@@ -92,7 +92,8 @@ def build_dinov3(name: Optional[str] = None, **overrides: Any) -> DinoVisionTran
             ``autocast_dtype``, ``depth``).
 
     Returns:
-        The model (randomly initialised; load weights with ``load_dinov3_weights``).
+        The model (randomly initialised; load weights with ``load_dinov3_weights``, or build a
+        frozen ViT straight from a checkpoint with ``build_frozen_dinov3``).
     """
     if name is None:
         kwargs = dict(overrides)
