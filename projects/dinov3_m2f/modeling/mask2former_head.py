@@ -76,7 +76,7 @@ class Mask2FormerHead(nn.Module):
         dropout: transformer dropout.
         pixel_decoder_fp32: run the pixel decoder in float32 even under autocast (True, as the
             official head), under autocast (False), or per device type (None: float32 on CUDA,
-            autocast on CPU, where it measured 1.5x faster end to end; see
+            autocast on CPU, where it measured 1.4-1.5x faster end to end; see
             ``pixel_decoder.FP32_BY_DEVICE_TYPE``).
         class_merge: optional :class:`ClassMerge` applied to ``pred_logits`` of the final and every
             auxiliary output. ``num_classes`` is then the predictor's (old) class count C_old, which
