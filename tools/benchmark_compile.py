@@ -34,7 +34,6 @@ from dinov3_m2f.modeling.adapter import DINOv3Adapter
 from dinov3_m2f.modeling.dinov3 import INTERACTION_INDEXES, build_dinov3
 from dinov3_m2f.modeling.mask2former_head import Mask2FormerHead
 
-logger = logging.getLogger("benchmark_compile")
 
 # The sizes of configs/synthetic/m2f_tiny_synthetic.py.
 TINY_VIT = dict(embed_dim=64, depth=4, num_heads=2, patch_size=16)
@@ -99,16 +98,25 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def _sync(device: torch.device) -> None:
+def describe_machine(device: torch.device) -> str:
+    """E.g. ``"2-core x86_64 CPU, no GPU"`` or ``"NVIDIA H200, 16-core x86_64 CPU"``."""
+    cpu = f"{os.cpu_count()}-core {platform.machine()} CPU"
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, {cpu}"
+    return cpu if torch.cuda.is_available() else f"{cpu}, no GPU"
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); nothing on the CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def _time(fn: Callable[[], Outputs], device: torch.device) -> float:
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     fn()
-    _sync(device)
+    synchronize(device)
     return time.perf_counter() - start
 
 
@@ -155,8 +163,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         diff = f"{(run_compiled()['pred_masks'].float() - run_eager()['pred_masks'].float()).abs().max().item():.2e}"
     eager_ms, compiled_ms = (1e3 * statistics.median(times[k]) for k in ("eager", "compiled"))
 
-    cpu = f"{os.cpu_count()}-core {platform.machine()} CPU"
-    machine = args.machine or (f"{torch.cuda.get_device_name(device)}, {cpu}" if device.type == "cuda" else cpu)
+    machine = args.machine or describe_machine(device)
     threads = torch.get_num_threads() if device.type == "cpu" else "-"
     print("| date | machine | torch | threads | model | mode | amp | batch | input | backend | first call s "
           "| eager ms | compiled ms | speed-up | max abs pred_masks diff |")

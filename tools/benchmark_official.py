@@ -29,13 +29,13 @@ import datetime
 import importlib
 import logging
 import os
-import platform
 import statistics
 import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
+from benchmark_compile import describe_machine, synchronize  # tools/ is sys.path[0] for a tool
 from torch import nn
 
 from dinov3_m2f.modeling.adapter import DINOv3Adapter
@@ -43,7 +43,6 @@ from dinov3_m2f.modeling.dinov3 import INTERACTION_INDEXES, build_dinov3
 from dinov3_m2f.modeling.mask2former_head import Mask2FormerHead, official_dinov3_head_kwargs
 from dinov3_m2f.modeling.official_weights import convert_official_segmentor_state_dict, load_converted_state_dict
 
-logger = logging.getLogger("benchmark_official")
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 # ours-fp32-pd and ours share one model; the pixel decoder's force_fp32 is set before each run
@@ -91,16 +90,6 @@ def build_ours(official: nn.Module, *, backbone: str, hidden_dim: int, num_class
     head = Mask2FormerHead(input_shape, **official_dinov3_head_kwargs(hidden_dim=hidden_dim, num_classes=num_classes))
     load_converted_state_dict(convert_official_segmentor_state_dict(official.state_dict()), adapter=adapter, head=head)
     return nn.Sequential(adapter, head)
-
-
-def describe_machine(device: torch.device) -> str:
-    cpu = f"{os.cpu_count()}-core {platform.machine()} CPU"
-    return f"{torch.cuda.get_device_name(device)}, {cpu}" if device.type == "cuda" else f"{cpu}, no GPU"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def compare(out: Outputs, reference: Outputs) -> str:
@@ -160,10 +149,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         run(images)
                 for _ in range(args.iters):
                     for name, run in models.items():
-                        _sync(device)
+                        synchronize(device)
                         start_wall, start_cpu = time.perf_counter(), time.process_time()
                         outputs[name] = run(images)
-                        _sync(device)
+                        synchronize(device)
                         wall[name].append(time.perf_counter() - start_wall)
                         cpu[name].append(time.process_time() - start_cpu)
         official_ms = 1e3 * statistics.median(wall["official"])
