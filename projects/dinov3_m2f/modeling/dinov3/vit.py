@@ -200,13 +200,13 @@ class DinoVisionTransformer(nn.Module):
                 f"Input image size {height}x{width} (HxW) is not divisible by the patch size {self.patch_size}"
             )
 
-    def _run_context(self, x: Tensor) -> contextlib.ExitStack:
-        stack = contextlib.ExitStack()
-        if self.frozen:
-            stack.enter_context(torch.no_grad())
-        if self.autocast_dtype is not None:
-            stack.enter_context(torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype))
-        return stack
+    def _run_context(self, x: Tensor) -> Tuple[contextlib.AbstractContextManager, ...]:
+        """No-grad (when frozen) and autocast (when ``autocast_dtype`` is set) contexts, entered
+        together with ``with a, b:`` (torch.compile traces that, but not an ``ExitStack``)."""
+        grad = torch.no_grad() if self.frozen else contextlib.nullcontext()
+        if self.autocast_dtype is None:
+            return grad, contextlib.nullcontext()
+        return grad, torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype)
 
     def _prepare_tokens(self, x: Tensor) -> Tuple[Tensor, int, int]:
         """[B, C, H, W] -> tokens [B, 1 + n_storage + h*w, D], h, w."""
@@ -263,7 +263,8 @@ class DinoVisionTransformer(nn.Module):
             ``x_norm_patchtokens`` ``[B, h*w, D]`` (row-major) and ``x_prenorm`` ``[B, N, D]``.
         """
         self._check_input(x)
-        with self._run_context(x):
+        grad_context, autocast_context = self._run_context(x)
+        with grad_context, autocast_context:
             (tokens,), _, _ = self._run_blocks(x, keep=[self.n_blocks - 1])
             normed = self.norm(tokens)  # [B, N, D]
         num_prefix = 1 + self.n_storage_tokens
@@ -306,7 +307,8 @@ class DinoVisionTransformer(nn.Module):
         self._check_input(x)
         indices = self._resolve_block_indices(n)
         num_prefix = 1 + self.n_storage_tokens
-        with self._run_context(x):
+        grad_context, autocast_context = self._run_context(x)
+        with grad_context, autocast_context:
             outputs, h, w = self._run_blocks(x, keep=indices)
             if norm:
                 outputs = [self.norm(out) for out in outputs]
