@@ -13,8 +13,8 @@ Weights are local files (nothing is downloaded), so loading works offline::
 ``checkpoint`` is a trainable-only or full checkpoint of ``tools/train_net.py`` (or a converted
 released head). ``backbone_weights`` is the DINOv3 ViT weights file; it may be left out when
 ``checkpoint`` is a full checkpoint (it then holds the ViT). Other keyword arguments go to
-:meth:`SemSegPredictor.from_config` (``overrides``, ``device``, ``autocast``, ``test_mode``,
-``slide_crop_size``, ``slide_stride``, ``tta_scales``, ``tta_flip``).
+:meth:`SemSegPredictor.from_config` (``overrides``, e.g. ``["model.test_mode=slide"]``,
+``device``, ``autocast``).
 """
 import os
 import sys

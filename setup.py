@@ -11,6 +11,7 @@ Build options (environment variables):
 """
 import glob
 import os
+import re
 
 import torch
 from setuptools import find_packages, setup
@@ -20,6 +21,12 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 OPS_DIR = "ops"
 # Ampere and Hopper: the data-centre GPUs our users train on.
 DEFAULT_CUDA_ARCHS = "8.0;9.0"
+
+
+def _version() -> str:
+    """``dinov3_m2f.__version__``, read from the package without importing it."""
+    with open(os.path.join(ROOT, "projects", "dinov3_m2f", "__init__.py")) as f:
+        return re.search(r'^__version__ = "([^"]+)"$', f.read(), re.MULTILINE).group(1)
 
 
 def _with_cuda() -> bool:
@@ -56,13 +63,13 @@ def _extensions():
 
 setup(
     name="dinov3_m2f",
-    version="0.1.0",
+    version=_version(),
     description="Frozen DINOv3 + ViT-Adapter + Mask2Former semantic segmentation for Detectron2",
     python_requires=">=3.10",
     package_dir={"dinov3_m2f": "projects/dinov3_m2f"},
     packages=["dinov3_m2f"]
     + ["dinov3_m2f." + p for p in find_packages(where="projects/dinov3_m2f")],
-    install_requires=["fvcore", "pycocotools", "opencv-python-headless", "scipy", "safetensors"],
+    install_requires=["fvcore", "pycocotools", "opencv-python-headless", "scipy", "safetensors", "tqdm"],
     extras_require={
         "test": ["pytest", "transformers"],
         # tools/export_model.py (onnx, onnxscript) and the ONNX runner (onnxruntime)

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+from skip_policy import pytest_addoption, pytest_configure  # noqa: F401 (--only-cuda-skips)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTHETIC_CONFIG = os.path.join(REPO, "configs", "synthetic", "m2f_tiny_synthetic.py")
@@ -58,3 +59,31 @@ def catalog():
     for name in set(DatasetCatalog.list()) - before:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
+
+
+@pytest.fixture
+def registered_under():
+    """``registered_under(register_all, prefix, splits, root)`` registers a family of standard
+    names under ``root`` instead of ``$DETECTRON2_DATASETS``; the original registration is
+    restored after the test."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from dinov3_m2f.data.files import datasets_root
+
+    restore = []
+
+    def remove(names):
+        for name in names:
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+
+    def register(register_all, prefix, splits, root):
+        names = [f"{prefix}_{split}" for split in splits]
+        remove(names)
+        register_all(str(root))
+        restore.append((register_all, names))
+
+    yield register
+    for register_all, names in restore:
+        remove(names)
+        register_all(datasets_root())

@@ -88,8 +88,6 @@ def test_norm_options(norm, norm_type):
 def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="norm"):
         _tiny_adapter(norm="LN")
-    with pytest.raises(ValueError, match="init_values"):
-        _tiny_adapter(init_values=0.1)
     with pytest.raises(ValueError, match="interaction_indexes"):
         _tiny_adapter(interaction_indexes=[0, 1, 2, DEPTH])
 
@@ -128,13 +126,13 @@ def test_with_cp_matches_plain():
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_backbone_dtype_autocast_keeps_float32_outputs():
+def test_vit_autocast_keeps_float32_outputs():
     torch.manual_seed(0)
     adapter = _tiny_adapter().eval()
     image = _image(1)
     with torch.no_grad():
         ref = adapter(image)
-        adapter.backbone_dtype = torch.bfloat16
+        adapter.backbone.autocast_dtype = torch.bfloat16  # the ViT's own autocast knob
         low = adapter(image)
     for name in STRIDES:
         assert low[name].dtype == torch.float32

@@ -15,7 +15,6 @@ from detectron2.solver import LRMultiplier  # noqa: E402
 from fvcore.common.param_scheduler import ParamScheduler  # noqa: E402
 
 from dinov3_m2f.d2 import DINOv3Mask2Former, DINOv3PixelSegmentor  # noqa: E402
-from dinov3_m2f.d2.datasets import register_all  # noqa: E402
 from dinov3_m2f.modeling.dinov3 import DINOV3_PRESETS  # noqa: E402
 
 CONFIG_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -79,7 +78,6 @@ def test_leaf_config_is_consistent(path):
     assert model_cfg.sem_seg_head.num_classes == num_classes
     eval_dataset = cfg.dataloader.evaluator.dataset_name
     if isinstance(eval_dataset, str):
-        register_all()
         classes = MetadataCatalog.get(eval_dataset).stuff_classes
     else:  # a folder dataset: the registering call itself, with its class list
         classes = eval_dataset.class_names

@@ -12,7 +12,7 @@ from dinov3_m2f.modeling.class_merge import load_class_merge
 from dinov3_m2f.modeling.mask2former_head import Mask2FormerHead, official_dinov3_head_kwargs
 from dinov3_m2f.modeling.official_weights import BACKBONE_PREFIX, convert_official_segmentor_state_dict
 
-TOL_SCORES = 1e-3  # the fixture README's tolerance for semantic_probs
+TOL_SCORES = 1e-3  # tests/fixtures/README.md's tolerance for semantic_probs
 
 tool = load_tool("convert_weights")
 
@@ -130,7 +130,9 @@ def test_converted_head_evaluates_in_the_d2_model(fixture, tmp_path):
     from dinov3_m2f.modeling.matcher import HungarianMatcher
 
     config = fixture["config"]
-    adapter_kwargs = {k: v for k, v in config["adapter"].items() if k not in ("pretrain_size", "interaction_indexes")}
+    # the official adapter's pretrain_size and init_values (0.0: no injector) have no counterpart here
+    adapter_kwargs = {k: v for k, v in config["adapter"].items()
+                      if k not in ("pretrain_size", "init_values", "interaction_indexes")}
     vit_kwargs = kwargs_from_official_config(config["backbone"])
     backbone = D2DINOv3Backbone(
         preset=None, vit_kwargs=vit_kwargs, interaction_indexes=config["adapter"]["interaction_indexes"],

@@ -1,4 +1,4 @@
-"""Dataset registration on tiny fake directory trees."""
+"""Dataset registration (ours on tiny fake directory trees, colours added to detectron2's) and the\ndata configs."""
 import os
 
 import cv2
@@ -7,30 +7,14 @@ import pytest
 
 pytest.importorskip("detectron2")
 
+import detectron2.data.transforms as T  # noqa: E402
 from detectron2.config import LazyConfig, instantiate  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 
 from dinov3_m2f.d2 import datasets as ds  # noqa: E402
+from dinov3_m2f.d2.evaluation import SemSegGroundTruthLoader  # noqa: E402
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs", "common", "data")
-
-
-@pytest.fixture
-def unregistered_loveda():
-    """The standard LoveDA names unregistered before and after the test, so that a config registers
-    them under the test's ``$DETECTRON2_DATASETS`` whatever ran earlier in this process."""
-    names = [f"loveda_sem_seg_{split}" for split in ("train", "val", "test")]
-
-    def remove():
-        for name in names:
-            if name in DatasetCatalog.list():
-                DatasetCatalog.remove(name)
-            if name in MetadataCatalog.list():
-                MetadataCatalog.remove(name)
-
-    remove()
-    yield
-    remove()
 
 
 def _write_image(path, h=8, w=10):
@@ -52,69 +36,37 @@ def _make_loveda(root):
                 _write_mask(os.path.join(root, split, domain, "masks_png", f"{stem}.png"), (0, 1, 7))
 
 
-def test_loveda(tmp_path, catalog):
+def test_loveda(tmp_path, registered_under):
     root = str(tmp_path / "LoveDA")
     _make_loveda(root)
-    names = ds.register_loveda(root, prefix="t_loveda")
-    assert names == ["t_loveda_train", "t_loveda_val", "t_loveda_test"]
-    train = DatasetCatalog.get("t_loveda_train")
+    registered_under(ds.register_all_loveda, "loveda_sem_seg", ("train", "val", "test"), tmp_path)
+    train = DatasetCatalog.get("loveda_sem_seg_train")
     assert [os.path.relpath(d["file_name"], root) for d in train] == [
         "Train/Urban/images_png/10.png", "Train/Rural/images_png/20.png"]
     assert all(d["sem_seg_file_name"].endswith(d["file_name"][-6:]) and "masks_png" in d["sem_seg_file_name"]
                for d in train)
-    test = DatasetCatalog.get("t_loveda_test")
+    test = DatasetCatalog.get("loveda_sem_seg_test")
     assert len(test) == 2 and all("sem_seg_file_name" not in d for d in test)
-    meta = MetadataCatalog.get("t_loveda_val")
+    meta = MetadataCatalog.get("loveda_sem_seg_val")
     assert meta.stuff_classes == list(ds.LOVEDA_CLASSES) and len(meta.stuff_colors) == 7
     assert meta.ignore_label == 255 and meta.evaluator_type == "sem_seg"
+    assert meta.image_root == meta.sem_seg_root == os.path.join(root, "Val")
     assert meta.label_map == {0: 255, 1: 0, 2: 1, 3: 2, 4: 3, 5: 4, 6: 5, 7: 6}
     # the evaluator's ground-truth reader applies the shift
-    gt = ds.SemSegGroundTruthLoader("t_loveda_val")(DatasetCatalog.get("t_loveda_val")[0]["sem_seg_file_name"])
+    val = DatasetCatalog.get("loveda_sem_seg_val")
+    gt = SemSegGroundTruthLoader("loveda_sem_seg_val")(val[0]["sem_seg_file_name"])
     assert set(np.unique(gt).tolist()) == {255, 0, 6}
 
 
-def test_ade20k_layout(tmp_path, catalog):
-    root = tmp_path / "ADEChallengeData2016"
-    for split in ("training", "validation"):
-        _write_image(str(root / "images" / split / f"ADE_{split}_1.jpg"))
-        _write_mask(str(root / "annotations_detectron2" / split / f"ADE_{split}_1.png"), (0, 149, 255))
-    ds.register_ade20k(str(root), prefix="t_ade")
-    (val,) = DatasetCatalog.get("t_ade_val")
-    assert val["file_name"].endswith("images/validation/ADE_validation_1.jpg")
-    assert val["sem_seg_file_name"].endswith("annotations_detectron2/validation/ADE_validation_1.png")
-    meta = MetadataCatalog.get("t_ade_train")
-    assert len(meta.stuff_classes) == 150 and len(meta.stuff_colors) == 150
-    assert meta.sem_seg_root == str(root / "annotations_detectron2" / "training")
-
-
-def test_detectron2_builtin_names_are_kept(catalog):
-    builtin = MetadataCatalog.get("ade20k_sem_seg_train")
-    root = os.path.dirname(os.path.dirname(builtin.image_root))
-    ds.register_ade20k(root)  # same paths as detectron2's registration: no-op
-    assert MetadataCatalog.get("ade20k_sem_seg_train").image_root == builtin.image_root
-    assert len(MetadataCatalog.get("ade20k_sem_seg_val").stuff_colors) == 150
-    with pytest.raises(ValueError, match="already registered"):
-        ds.register_ade20k("/elsewhere/ADEChallengeData2016")
+def test_detectron2_builtin_registrations_get_colors():
+    # detectron2 registers these names itself; importing our datasets module adds the colours
+    for name in ("ade20k_sem_seg_train", "ade20k_sem_seg_val"):
+        meta = MetadataCatalog.get(name)
+        assert len(meta.stuff_colors) == len(meta.stuff_classes) == 150
     city = MetadataCatalog.get("cityscapes_fine_sem_seg_val")
-    ds.register_cityscapes(os.path.dirname(os.path.dirname(os.path.normpath(city.image_dir))))
-    assert len(MetadataCatalog.get("cityscapes_fine_sem_seg_val").stuff_colors) == 19
-
-
-def test_cityscapes_layout(tmp_path, catalog):
-    root = tmp_path / "cityscapes"
-    stem = "aachen_000000_000019"
-    for split in ("train", "val"):
-        _write_image(str(root / "leftImg8bit" / split / "aachen" / f"{stem}_leftImg8bit.png"))
-        _write_mask(str(root / "gtFine" / split / "aachen" / f"{stem}_gtFine_labelTrainIds.png"), (0, 18))
-        _write_mask(str(root / "gtFine" / split / "aachen" / f"{stem}_gtFine_labelIds.png"), (7, 33))
-    ds.register_cityscapes(str(root), prefix="t_city")
-    (train,) = DatasetCatalog.get("t_city_train")
-    assert train["sem_seg_file_name"].endswith(f"aachen/{stem}_gtFine_labelTrainIds.png")
-    meta = MetadataCatalog.get("t_city_train")
-    assert len(meta.stuff_classes) == 19 and meta.ignore_label == 255
-    os.remove(root / "gtFine" / "val" / "aachen" / f"{stem}_gtFine_labelTrainIds.png")
-    with pytest.raises(ValueError, match=f"{stem}_leftImg8bit.png.*createTrainIdLabelImgs"):
-        DatasetCatalog.get("t_city_val")
+    assert len(city.stuff_colors) == len(city.stuff_classes) == 19
+    assert city.stuff_colors[0] == (128, 64, 128) and city.stuff_classes[0] == "road"
+    assert city.stuff_colors[18] == (119, 11, 32) and city.stuff_classes[18] == "bicycle"
 
 
 def test_folder_dataset(tmp_path, catalog):
@@ -162,14 +114,12 @@ def test_folder_errors_name_paths(tmp_path, catalog):
         DatasetCatalog.get("t_nomask")
 
 
-def test_synthetic_registration_is_lazy(tmp_path, monkeypatch, catalog):
-    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
-    names = ds.register_synthetic(prefix="t_syn")
-    assert names == ["t_syn_train", "t_syn_val"]
+def test_synthetic_registration_is_lazy(tmp_path, registered_under):
+    registered_under(ds.register_all_synthetic, "synthetic_sem_seg", ("train", "val"), tmp_path)
     assert not os.listdir(tmp_path)  # nothing generated yet
-    val = DatasetCatalog.get("t_syn_val")
+    val = DatasetCatalog.get("synthetic_sem_seg_val")
     assert len(val) > 0 and val[0]["file_name"].startswith(str(tmp_path / "dinov3_m2f_synthetic"))
-    assert MetadataCatalog.get("t_syn_train").stuff_classes == [
+    assert MetadataCatalog.get("synthetic_sem_seg_train").stuff_classes == [
         "background", "building", "road", "water", "barren", "forest", "agriculture"]
 
 
@@ -197,9 +147,9 @@ def test_folder_config_registers_from_config(tmp_path, catalog):
     assert mapper.num_classes == 3 and mapper.ignore_label == 255
 
 
-def test_loveda_config_evaluator_reads_shifted_gt(tmp_path, monkeypatch, unregistered_loveda):
-    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+def test_loveda_config_evaluator_reads_shifted_gt(tmp_path, registered_under):
     _make_loveda(str(tmp_path / "LoveDA"))
+    registered_under(ds.register_all_loveda, "loveda_sem_seg", ("train", "val", "test"), tmp_path)
     cfg = LazyConfig.load(os.path.join(CONFIG_DIR, "loveda.py"))
     evaluator = instantiate(cfg.dataloader.evaluator)
     gt_files = sorted(evaluator.input_file_to_gt_file.values())
@@ -220,5 +170,7 @@ def test_configs_build_mappers(name, num_classes, crop):
     test = instantiate(cfg.dataloader.test.mapper)
     assert train.is_train and not test.is_train
     assert train.num_classes == num_classes
-    assert train.pad_size == ((crop, crop) if isinstance(crop, int) else crop)
+    crops = [a.crop_aug.crop_size for a in train.augmentations.augs
+             if isinstance(a, T.RandomCrop_CategoryAreaConstraint)]
+    assert [tuple(c) for c in crops] == [crop if isinstance(crop, tuple) else (crop, crop)]
     assert cfg.dataloader.evaluator.dataset_name == cfg.dataloader.test.dataset.names

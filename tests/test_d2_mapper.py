@@ -1,4 +1,5 @@
-"""SemSegDatasetMapper: outputs, augmentation consistency, padding, mask checks."""
+"""SemSegDatasetMapper: outputs, augmentation consistency, mask checks."""
+import os
 
 import cv2
 import numpy as np
@@ -8,11 +9,12 @@ from PIL import Image
 pytest.importorskip("detectron2")
 
 import detectron2.data.transforms as T  # noqa: E402
+from detectron2.config import LazyConfig, instantiate  # noqa: E402
 import torch  # noqa: E402
 
 from dinov3_m2f.d2.mapper import SemSegDatasetMapper  # noqa: E402
-from dinov3_m2f.d2.transforms import build_sem_seg_train_augmentations, scaled_lengths  # noqa: E402
 
+SEM_SEG_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "common", "data", "sem_seg.py")
 NUM_CLASSES = 4
 GRAY_STEP = 40  # image intensity = label * GRAY_STEP, so image and mask can be compared
 
@@ -37,31 +39,23 @@ def _mapper(augmentations, **kwargs):
 
 def test_train_output_with_full_augmentations(tmp_path):
     record, _, _ = _sample(tmp_path)
-    augs = build_sem_seg_train_augmentations(
-        crop_size=16, short_edge_lengths=scaled_lengths(24, min_ratio=0.5, max_ratio=1.5), max_size=200,
-    )
-    mapper = _mapper(augs, pad_size=16)
+    # the training augmentations of the base data config, at a small scale
+    augs = LazyConfig.load(SEM_SEG_CONFIG).dataloader.train.mapper.augmentations
+    augs[0].short_edge_length.update(base=24, min_ratio=0.5, max_ratio=1.5)
+    augs[0].max_size = 200
+    augs[1].update(crop_size=(16, 16), ignored_category=255)
+    augs = instantiate(augs)
+    mapper = _mapper(augs)
     for _ in range(5):
         out = mapper(record)
-        assert out["image"].shape == (3, 16, 16) and out["image"].dtype == torch.uint8
-        assert out["sem_seg"].shape == (16, 16) and out["sem_seg"].dtype == torch.int64
+        # at most the crop (a short edge resized below 16 gives a smaller crop; nothing is padded)
+        height, width = out["sem_seg"].shape
+        assert height <= 16 and width <= 16 and out["image"].shape == (3, height, width)
+        assert out["image"].dtype == torch.uint8 and out["sem_seg"].dtype == torch.int64
         assert set(out["sem_seg"].unique().tolist()) <= set(range(NUM_CLASSES)) | {255}
         assert (out["height"], out["width"]) == (24, 36)
         assert out["file_name"] == record["file_name"] and "sem_seg_file_name" not in out
     assert "image" not in record  # the input record is not modified
-
-
-def test_padding_to_crop_size(tmp_path):
-    record, image, mask = _sample(tmp_path, h=10, w=12)
-    mapper = _mapper([T.RandomCrop("absolute", (16, 16))], pad_size=(16, 20))
-    out = mapper(record)
-    assert out["image"].shape == (3, 16, 20) and out["sem_seg"].shape == (16, 20)
-    assert (out["sem_seg"][10:, :] == 255).all() and (out["sem_seg"][:, 12:] == 255).all()
-    assert (out["image"][:, 10:, :] == 0).all() and (out["image"][:, :, 12:] == 0).all()
-    assert torch.equal(out["sem_seg"][:10, :12], torch.from_numpy(mask.astype(np.int64)))
-    assert torch.equal(out["image"][:, :10, :12], torch.from_numpy(image).permute(2, 0, 1))
-    with pytest.raises(ValueError, match="larger than pad_size"):
-        _mapper([], pad_size=8)(record)
 
 
 def test_flip_and_resize_keep_image_and_mask_aligned(tmp_path):
@@ -139,27 +133,3 @@ def test_bad_masks_name_the_file(tmp_path):
 
     with pytest.raises(ValueError, match=f"{record['sem_seg_file_name']}.*label_map"):
         _mapper([], label_map={0: 0})(record)
-
-
-def test_from_yacs_config(tmp_path):
-    from detectron2.config import get_cfg
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
-    from dinov3_m2f.d2.datasets import register_folder_dataset
-
-    record, _, _ = _sample(tmp_path)
-    name = register_folder_dataset("t_mapper_yacs", image_dir=str(tmp_path), mask_dir=str(tmp_path),
-                                   class_names=["a", "b", "c", "d", "e"])
-    try:
-        cfg = get_cfg()
-        cfg.DATASETS.TRAIN = (name,)
-        cfg.INPUT.FORMAT = "RGB"
-        cfg.INPUT.MIN_SIZE_TRAIN = (24,)
-        cfg.INPUT.CROP.TYPE = "absolute"
-        cfg.INPUT.CROP.SIZE = (16, 16)
-        mapper = SemSegDatasetMapper(cfg, is_train=True)
-        assert mapper.num_classes == 5 and mapper.pad_size == (16, 16)
-        assert mapper(record)["sem_seg"].shape == (16, 16)
-    finally:
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)

@@ -4,7 +4,6 @@ import pytest
 pytest.importorskip("detectron2")
 
 import torch  # noqa: E402
-from detectron2.modeling import META_ARCH_REGISTRY  # noqa: E402
 
 from dinov3_m2f.d2 import D2DINOv3Backbone, DINOv3Mask2Former, dinov3_pyramid_shape  # noqa: E402
 from dinov3_m2f.modeling.criterion import SetCriterion, make_weight_dict  # noqa: E402
@@ -54,10 +53,6 @@ def _image(height: int, width: int) -> torch.Tensor:
     return torch.randint(0, 256, (3, height, width), dtype=torch.uint8)
 
 
-def test_registered():
-    assert META_ARCH_REGISTRY.get("DINOv3Mask2Former") is DINOv3Mask2Former
-
-
 def test_training_returns_weighted_finite_losses_for_every_key():
     model = _tiny_model().train()
     labels = torch.randint(0, NUM_CLASSES, (45, 70))
@@ -88,10 +83,27 @@ def test_loss_weights_are_applied():
     assert float(losses["loss_ce"].detach()) > 0.0
 
 
-def test_training_requires_sem_seg():
+def test_training_requires_sem_seg_of_the_image_size():
     model = _tiny_model().train()
     with pytest.raises(ValueError, match="sem_seg"):
         model([{"image": _image(64, 64)}])
+    with pytest.raises(ValueError, match=r"\(32, 64\) does not match .* \(64, 64\) \(a.png\)"):
+        model([{"image": _image(64, 64), "sem_seg": torch.zeros(32, 64, dtype=torch.int64),
+                "file_name": "a.png"}])
+
+
+def test_training_batch_pads_images_and_labels_in_one_place():
+    model = _tiny_model().train()
+    labels = torch.randint(0, NUM_CLASSES, (45, 70))
+    images, padded = model._training_batch(
+        [{"image": _image(45, 70), "sem_seg": labels},
+         {"image": _image(64, 40), "sem_seg": torch.zeros(64, 40, dtype=torch.int64)}]
+    )
+    # one size for the batch, a multiple of the backbone's 32; labels padded with ignore_value
+    assert images.shape == (2, 3, 64, 96) and padded.shape == (2, 64, 96)
+    assert torch.equal(padded[0, :45, :70], labels)
+    assert (padded[0, 45:] == 255).all() and (padded[0, :, 70:] == 255).all()
+    assert (images[0, :, 45:] == 0).all()  # image padding: 0 after normalization (the mean)
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,4 @@
 """DINOv3 ViT checkpoint loading: Meta .pth, safetensors, Hugging Face directories, errors."""
-import json
-
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -12,7 +10,7 @@ from dinov3_m2f.modeling.dinov3 import (
     kwargs_from_official_config,
     load_dinov3_weights,
 )
-from helpers import PARITY_ATOL, load_vit_fixture
+from helpers import PARITY_ATOL, load_vit_fixture, write_hf_directory
 
 
 def empty_model(fixture, **overrides):
@@ -91,17 +89,9 @@ def test_hf_single_file_and_sharded_directory(tmp_path, name):
     assert_matches_reference(model, fixture)
 
     # Sharded directory in the transformers-5 module naming ("model.layer.i").
-    shard_dir = tmp_path / "hf_dir"
-    shard_dir.mkdir()
-    hf_sd = convert_to_hf_state_dict(fixture["state_dict"], layer_prefix="model.layer.")
-    keys = sorted(hf_sd)
-    shards = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
-    weight_map = {}
-    for shard, shard_keys in shards.items():
-        save_file({k: hf_sd[k] for k in shard_keys}, str(shard_dir / shard))
-        weight_map.update({k: shard for k in shard_keys})
-    (shard_dir / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    (shard_dir / "config.json").write_text(json.dumps(hf_config_from_model(reference_model)))
+    shard_dir = write_hf_directory(
+        tmp_path / "hf_dir", fixture["state_dict"], config=hf_config_from_model(reference_model), num_shards=2
+    )
     model = empty_model(fixture)
     load_dinov3_weights(model, shard_dir)
     x = fixture["image"]
@@ -225,3 +215,71 @@ def test_wrong_format_and_truncated_files(tmp_path):
         load_dinov3_weights(model, empty_dir)
     with pytest.raises(FileNotFoundError, match=r"absent\.pth"):
         load_dinov3_weights(model, tmp_path / "absent.pth")
+
+
+def _hf_dir_with_config(tmp_path, fixture, **changes):
+    """HF directory of the fixture whose config.json has ``changes`` (None deletes a field)."""
+    config = hf_config_from_model(empty_model(fixture))
+    for field, value in changes.items():
+        if value is None:
+            del config[field]
+        else:
+            config[field] = value
+    return write_hf_directory(tmp_path / "hf", fixture["state_dict"], config=config)
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("layer_norm_eps", 1e-6, r"layer_norm_eps: 1e-06 in config\.json vs 1e-05 in the model"),
+        ("hidden_act", "gelu_pytorch_tanh", r"hidden_act: 'gelu_pytorch_tanh' in config\.json vs 'gelu' in the model"),
+        ("key_bias", True, r"key_bias: True in config\.json vs False in the model"),
+        ("rope_theta", 10000.0, r"rope_theta: 10000\.0 in config\.json vs 100\.0 in the model"),
+        ("num_register_tokens", 0, r"num_register_tokens: 0 in config\.json vs 4 in the model"),
+        ("use_gated_mlp", True, r"use_gated_mlp: True in config\.json vs False"),
+        ("mlp_bias", False, r"mlp_bias: False in config\.json vs True"),
+        ("model_type", "dinov2", r"model_type: 'dinov2' in config\.json vs 'dinov3_vit'"),
+    ],
+)
+def test_hf_config_mismatch_names_the_field(tmp_path, field, value, message):
+    fixture = load_vit_fixture("mlp")
+    directory = _hf_dir_with_config(tmp_path, fixture, **{field: value})
+    with pytest.raises(ValueError, match=r"hf[/\\]config\.json.*" + message):
+        load_dinov3_weights(empty_model(fixture), directory)
+
+
+def test_hf_config_lists_every_mismatch_and_fills_absent_fields_with_transformers_defaults(tmp_path):
+    fixture = load_vit_fixture("mlp")
+    directory = _hf_dir_with_config(tmp_path, fixture, layer_norm_eps=1e-6, hidden_act="silu", hidden_size=None)
+    with pytest.raises(ValueError) as error:
+        load_dinov3_weights(empty_model(fixture), directory)
+    text = str(error.value)
+    assert "layer_norm_eps: 1e-06" in text and "hidden_act: 'silu'" in text
+    # A field left out of the file means transformers' default (384), not "anything goes".
+    assert "hidden_size: 384 (transformers' default: not in the file) in config.json vs 128 in the model" in text
+
+
+def test_hf_config_ignores_fields_that_do_not_change_features(tmp_path):
+    fixture = load_vit_fixture("swiglu")
+    directory = _hf_dir_with_config(
+        tmp_path,
+        fixture,
+        drop_path_rate=0.4,
+        image_size=512,
+        layerscale_value=1.0,
+        pos_embed_jitter=1.5,
+        attention_dropout=0.1,
+        patch_size=[16, 16],
+        hidden_act="swish",
+        dtype="bfloat16",
+    )
+    model = empty_model(fixture)
+    load_dinov3_weights(model, directory)
+    assert_matches_reference(model, fixture)
+
+
+def test_hf_config_of_a_model_without_layerscale_is_rejected(tmp_path):
+    fixture = load_vit_fixture("mlp")
+    directory = _hf_dir_with_config(tmp_path, fixture)
+    with pytest.raises(ValueError, match=r"LayerScale: always present in DINOv3ViTModel vs none in the model"):
+        load_dinov3_weights(empty_model(fixture, layerscale_init=None), directory)

@@ -140,3 +140,33 @@ def test_official_dinov3_shape_kwargs():
     assert head.pixel_decoder.encoder.encoder.layers[0].linear1.out_features == 4096
     assert len(head.pixel_decoder.encoder.encoder.layers) == 6
     assert not predictor.transformer_ffn_layers[0].pre_norm
+    # the official head keeps its pixel decoder in float32 on every device
+    assert head.pixel_decoder.runs_in_fp32(torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    "pixel_decoder_fp32, fp32_on",
+    [(None, {"cuda"}), (True, {"cpu", "cuda"}), (False, set())],
+    ids=["per-device", "fp32", "autocast"],
+)
+def test_pixel_decoder_precision_per_device(pixel_decoder_fp32, fp32_on):
+    pixel_decoder = _tiny_head(pixel_decoder_fp32=pixel_decoder_fp32).pixel_decoder
+    for device in ("cpu", "cuda"):
+        assert pixel_decoder.runs_in_fp32(torch.device(device)) == (device in fp32_on), device
+
+
+@pytest.mark.parametrize("pixel_decoder_fp32", [None, True, False], ids=["per-device", "fp32", "autocast"])
+def test_pixel_decoder_under_cpu_bf16_autocast(pixel_decoder_fp32):
+    """The default op implementation runs the pixel decoder in either precision under autocast,
+    and the bfloat16 one stays close to float32."""
+    torch.manual_seed(0)
+    head = _tiny_head(pixel_decoder_fp32=pixel_decoder_fp32).eval()
+    features = _features()
+    with torch.no_grad():
+        reference, _ = head.pixel_decoder(features)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mask_features, multi_scale = head.pixel_decoder(features)
+    expected = torch.float32 if pixel_decoder_fp32 else torch.bfloat16
+    assert mask_features.dtype == expected and all(f.dtype == expected for f in multi_scale)
+    # bfloat16 keeps 8 significant bits: measured 0.021 at most on values up to 3.5
+    torch.testing.assert_close(mask_features.float(), reference, rtol=0, atol=0.04)

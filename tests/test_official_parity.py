@@ -1,6 +1,6 @@
 """Parity with the official DINOv3 segmentor (ViT-Adapter + Mask2Former head) on random weights.
 
-Fixture: tests/fixtures/dinov3_segmentor.pt (copy of the shared reference; see its README): official
+Fixture: tests/fixtures/dinov3_segmentor.pt (see tests/fixtures/README.md): official
 outputs in float32 on CPU for a tiny ViT (D=128, 6 blocks), the official adapter and the official M2F head
 (hidden 64, 7 classes).
 
@@ -10,7 +10,7 @@ Measured max-abs errors (CPU, float32, impl="pytorch"; fixture noise vs float64 
     semantic_probs 1.5e-05 (2.0e-05).
 With the compiled CPU op (impl="compiled") the same except res3 2.4e-06, pred_masks 4.8e-06,
 semantic_probs 1.9e-05.
-The tolerances below are the fixture README's (>= 46x margin over the noise).
+The tolerances below are tests/fixtures/README.md's (>= 46x margin over the noise).
 """
 from pathlib import Path
 
@@ -32,9 +32,9 @@ from dinov3_m2f.modeling.semantic_inference import semantic_probs
 FIXTURE = Path(__file__).parent / "fixtures" / "dinov3_segmentor.pt"
 # official adapter feature names "1".."4" -> ours
 FEATURE_NAMES = {"1": "res2", "2": "res3", "3": "res4", "4": "res5"}
-# official-only constructor arguments without effect here (positional-embedding size of the injector-era
-# adapter; unused by DINOv3)
-OFFICIAL_ONLY_ADAPTER_ARGS = ("pretrain_size",)
+# official-only constructor arguments without effect here (positional-embedding size and injector
+# layer-scale of the injector-era adapter; DINOv3 has no injector and uses neither)
+OFFICIAL_ONLY_ADAPTER_ARGS = ("pretrain_size", "init_values")
 TOL_FEATURES = 1e-3
 TOL_LOGITS = 1e-4
 
@@ -45,6 +45,7 @@ def fixture():
 
 
 def _build(config):
+    assert config["adapter"]["init_values"] == 0.0  # no injector: nothing to reproduce
     backbone = build_dinov3(None, **kwargs_from_official_config(config["backbone"]))
     adapter_kwargs = {k: v for k, v in config["adapter"].items() if k not in OFFICIAL_ONLY_ADAPTER_ARGS}
     adapter = DINOv3Adapter(backbone, **adapter_kwargs)

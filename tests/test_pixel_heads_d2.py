@@ -10,7 +10,6 @@ pytest.importorskip("detectron2")
 import torch  # noqa: E402
 from detectron2.config import LazyConfig, instantiate  # noqa: E402
 from detectron2.layers import ShapeSpec  # noqa: E402
-from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY  # noqa: E402
 
 from dinov3_m2f.d2 import (  # noqa: E402
     D2DINOv3ViTBackbone,
@@ -18,7 +17,6 @@ from dinov3_m2f.d2 import (  # noqa: E402
     dinov3_vit_shape,
     total_channels,
 )
-from dinov3_m2f.d2.meta_arch import DINOv3SemSegBase  # noqa: E402
 from dinov3_m2f.modeling.heads import LinearHead  # noqa: E402
 from dinov3_m2f.modeling.pixel_losses import PixelSegmentationLoss  # noqa: E402
 
@@ -47,12 +45,6 @@ def _linear_segmentor(**kwargs) -> DINOv3PixelSegmentor:
         num_classes=3,
         **kwargs,
     )
-
-
-def test_registered():
-    assert META_ARCH_REGISTRY.get("DINOv3PixelSegmentor") is DINOv3PixelSegmentor
-    assert BACKBONE_REGISTRY.get("D2DINOv3ViTBackbone") is D2DINOv3ViTBackbone
-    assert issubclass(DINOv3PixelSegmentor, DINOv3SemSegBase)
 
 
 def test_vit_backbone_returns_last_layers_patch_grids():
@@ -124,3 +116,14 @@ def test_slide_inference_and_padded_labels():
     loss = model([{"image": torch.zeros(3, 40, 56, dtype=torch.uint8),
                    "sem_seg": torch.full((40, 56), 255)}])["loss_ce"]
     assert float(loss) == 0.0
+
+
+def test_meta_arch_applies_the_criterion_weights():
+    model = _linear_segmentor().train()
+    model.criterion.weight_dict["loss_ce"] = 3.0
+    batch = [{"image": torch.zeros(3, 32, 32, dtype=torch.uint8),
+              "sem_seg": torch.zeros(32, 32, dtype=torch.int64)}]
+    torch.manual_seed(0)
+    weighted = model(batch)["loss_ce"]
+    images, labels = model._training_batch(batch)
+    torch.testing.assert_close(weighted, 3.0 * model._losses(images, labels)["loss_ce"])

@@ -73,9 +73,16 @@ def test_api_hub_and_demo_labels_are_identical(predictor, tiny_synthetic_checkpo
 
 
 def test_test_mode_can_be_overridden(tiny_synthetic_checkpoint, val_images):
+    # tools/demo.py turns its test-mode options into the config overrides
+    demo = load_tool("demo")
+    args = demo.parse_args(["x.png", "--config-file", CONFIG, "--checkpoint", "c.pth",
+                            "--output", "out", "--test-mode", "slide", "--crop-size", "64", "64",
+                            "--stride", "64", "64"])
+    overrides = demo.inference_overrides(args)
+    assert overrides == ["model.test_mode=slide", "model.slide_crop_size=[64, 64]",
+                         "model.slide_stride=[64, 64]"]
     slide = SemSegPredictor.from_config(
-        CONFIG, checkpoint=tiny_synthetic_checkpoint, device="cpu", test_mode="slide",
-        slide_crop_size=(64, 64), slide_stride=(64, 64),
+        CONFIG, checkpoint=tiny_synthetic_checkpoint, device="cpu", overrides=overrides
     )
     assert slide.model.test_mode == "slide" and slide.model.slide_crop_size == (64, 64)
     assert slide(val_images[0]).shape == (128, 128)

@@ -8,7 +8,13 @@ from PIL import Image
 from helpers import load_tool
 
 prepare_ade20k = load_tool("prepare_ade20k")
-prepare_cityscapes = load_tool("prepare_cityscapes")
+
+
+@pytest.fixture(scope="module")
+def prepare_cityscapes():
+    """tools/prepare_cityscapes.py (it takes the train ids from detectron2)."""
+    pytest.importorskip("detectron2")
+    return load_tool("prepare_cityscapes")
 
 
 def _png(path: Path, array: np.ndarray) -> None:
@@ -49,7 +55,7 @@ def test_ade20k_errors(tmp_path):
         prepare_ade20k.prepare(str(root))
 
 
-def test_cityscapes_label_ids_to_train_ids(tmp_path):
+def test_cityscapes_label_ids_to_train_ids(tmp_path, prepare_cityscapes):
     root = tmp_path / "cityscapes"
     ids = np.arange(34).reshape(2, 17)
     src = root / "gtFine" / "train" / "aachen" / "aachen_000000_000019_gtFine_labelIds.png"
@@ -67,7 +73,7 @@ def test_cityscapes_label_ids_to_train_ids(tmp_path):
     assert prepare_cityscapes.prepare(str(root), splits=["train"], overwrite=True) == 1
 
 
-def test_cityscapes_unknown_id_names_the_file(tmp_path):
+def test_cityscapes_unknown_id_names_the_file(tmp_path, prepare_cityscapes):
     root = tmp_path / "cityscapes"
     _png(root / "gtFine" / "train" / "x" / "x_1_gtFine_labelIds.png", np.array([[34]]))
     with pytest.raises(ValueError, match="x_1_gtFine_labelIds.png contains values \\[34\\]"):

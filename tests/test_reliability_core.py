@@ -1,5 +1,6 @@
 """Fault matrix (docs/reliability.md), rows that need no detectron2: atomic checkpoint writes,
-untrusted pickles in weight files, op device mismatches on CUDA."""
+a full disk, untrusted pickles in weight files, op device mismatches on CUDA."""
+import errno
 import os
 import pickle
 import stat
@@ -12,7 +13,8 @@ from test_ms_deform_attn_op import SHAPES, make_inputs
 from dinov3_m2f.layers import _extension
 from dinov3_m2f.layers.ms_deform_attn_func import ms_deform_attn
 from dinov3_m2f.modeling.dinov3 import build_dinov3, kwargs_from_official_config, load_dinov3_weights
-from dinov3_m2f.utils import atomic_torch_save
+from dinov3_m2f import utils
+from dinov3_m2f.utils import atomic_open, atomic_torch_save
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 # Positional arguments of ms_deform_attn after ``value``.
@@ -58,6 +60,52 @@ def test_atomic_save_gives_the_permissions_of_a_plain_save(tmp_path):
     atomic = tmp_path / "atomic.pth"
     atomic_torch_save({"w": torch.ones(1)}, str(atomic))
     assert stat.S_IMODE(atomic.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """Temporary files are created as usual, but written through /dev/full (every write: ENOSPC)."""
+    make_temp_file = utils._make_temp_file
+
+    def temp_file_on_a_full_disk(folder, suffix):
+        fd, tmp_path = make_temp_file(folder, suffix)
+        os.close(fd)
+        return os.open("/dev/full", os.O_WRONLY), tmp_path
+
+    monkeypatch.setattr(utils, "_make_temp_file", temp_file_on_a_full_disk)
+
+
+@pytest.mark.parametrize("numel", [1, 1_000_000])  # fits in the file buffer / written straight through
+def test_full_disk_names_the_path_and_keeps_the_previous_checkpoint(tmp_path, request, numel):
+    path = tmp_path / "model_final.pth"
+    atomic_torch_save({"iteration": 1, "w": torch.ones(3)}, str(path))
+    before = path.read_bytes()
+    request.getfixturevalue("full_disk")
+    with pytest.raises(OSError) as info:
+        atomic_torch_save({"iteration": 2, "w": torch.zeros(numel)}, str(path))
+    assert info.value.errno == errno.ENOSPC
+    assert str(info.value).startswith(f"[Errno {errno.ENOSPC}] No space left on device: cannot write {path};")
+    assert "inline_container" not in str(info.value)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["model_final.pth"]  # no temporary file left behind
+
+
+def test_full_disk_while_writing_text_names_the_path(tmp_path, full_disk):
+    path = tmp_path / "last_checkpoint"
+    with pytest.raises(OSError, match=f"No space left on device: cannot write {path}") as info:
+        with atomic_open(str(path), "w") as f:
+            f.write("model_0000999.pth")
+    assert info.value.errno == errno.ENOSPC
+    assert os.listdir(tmp_path) == []
+
+
+def test_exhausted_quota_is_reported_like_a_full_disk(tmp_path):
+    path = tmp_path / "model.pth"
+    with pytest.raises(OSError, match=f"Disk quota exceeded: cannot write {path}") as info:
+        with atomic_open(str(path), "wb"):
+            raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))  # what write() raises over quota
+    assert info.value.errno == errno.EDQUOT
+    assert os.listdir(tmp_path) == []
 
 
 def _empty_vit():

@@ -21,7 +21,11 @@ from torch import nn  # noqa: E402
 
 from dinov3_m2f.d2 import datasets as ds  # noqa: E402
 from dinov3_m2f.d2.checkpoint import TrainableCheckpointer  # noqa: E402
-from dinov3_m2f.d2.evaluation import SkippingSemSegEvaluator, build_sem_seg_test_loader  # noqa: E402
+from dinov3_m2f.d2.evaluation import (  # noqa: E402
+    SemSegGroundTruthLoader,
+    SkippingSemSegEvaluator,
+    build_sem_seg_test_loader,
+)
 from dinov3_m2f.d2.mapper import SemSegDatasetMapper, UnreadableImageError  # noqa: E402
 
 NUM_CLASSES = 3
@@ -128,7 +132,7 @@ def test_evaluation_skips_unreadable_files_and_finishes_the_rest(tmp_path, catal
     )
     # a mask that is correct but disagrees with the predictions, so a skipped image would show
     cv2.imwrite(records[3]["sem_seg_file_name"], np.full(SIZE, 2, np.uint8))
-    expected = SemSegEvaluator(name, sem_seg_loading_fn=ds.SemSegGroundTruthLoader(name))
+    expected = SemSegEvaluator(name, sem_seg_loading_fn=SemSegGroundTruthLoader(name))
     expected.reset()
     good = [records[0], records[3]]
     inputs = [_test_mapper()(r) for r in good]
@@ -138,7 +142,7 @@ def test_evaluation_skips_unreadable_files_and_finishes_the_rest(tmp_path, catal
     _truncate(records[1]["file_name"])  # unreadable image
     with open(records[2]["sem_seg_file_name"], "wb") as f:  # unreadable ground truth
         f.write(b"garbage")
-    evaluator = SkippingSemSegEvaluator(name, sem_seg_loading_fn=ds.SemSegGroundTruthLoader(name))
+    evaluator = SkippingSemSegEvaluator(name)
     loader = build_sem_seg_test_loader(DatasetCatalog.get(name), mapper=_test_mapper())
     with caplog.at_level("WARNING", logger="dinov3_m2f.d2.evaluation"):
         results = inference_on_dataset(_IntensityModel(), loader, evaluator)
@@ -156,7 +160,7 @@ def test_evaluation_still_raises_for_wrong_masks(tmp_path, catalog):
         "t_rel_wrong", image_dir=str(tmp_path / "images"), mask_dir=str(tmp_path / "masks"),
         class_names=CLASS_NAMES,
     )
-    evaluator = SkippingSemSegEvaluator(name, sem_seg_loading_fn=ds.SemSegGroundTruthLoader(name))
+    evaluator = SkippingSemSegEvaluator(name)
     evaluator.reset()
     inputs = [_test_mapper()(records[0])]
     outputs = _IntensityModel()(inputs)
@@ -247,11 +251,12 @@ def test_all_ignore_crop_trains_with_finite_loss():
     assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
-def test_standard_dataset_under_a_wrong_root_names_path_and_layout(tmp_path, catalog):
+def test_standard_dataset_under_a_wrong_root_names_path_and_layout(tmp_path, registered_under):
+    registered_under(ds.register_all_loveda, "loveda_sem_seg", ("train", "val", "test"),
+                     tmp_path / "nowhere")
     root = tmp_path / "nowhere" / "LoveDA"
-    ds.register_loveda(str(root), prefix="t_rel_loveda")
     with pytest.raises(FileNotFoundError, match=f"{root}/Train/Urban/images_png.*expected layout"):
-        DatasetCatalog.get("t_rel_loveda_train")
+        DatasetCatalog.get("loveda_sem_seg_train")
     (root / "Train" / "Urban" / "images_png").mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match=f"no images .* found in {root}/Train/Urban/images_png"):
-        DatasetCatalog.get("t_rel_loveda_train")
+    with pytest.raises(FileNotFoundError, match=f"no images found in {root}/Train/Urban/images_png"):
+        DatasetCatalog.get("loveda_sem_seg_train")

@@ -1,4 +1,4 @@
-"""tools/train_net.py and its engine pieces: param groups, checkpoints, NaN stop, override
+"""tools/train_net.py and its trainer pieces: param groups, checkpoints, NaN stop, override
 checks; end-to-end on CPU: train -> checkpoint -> --eval-only, --resume, 2 processes (gloo)."""
 import importlib.util
 import json
@@ -20,8 +20,8 @@ from torch import nn  # noqa: E402
 
 from dinov3_m2f.d2.checkpoint import TrainableCheckpointer, frozen_state_prefixes  # noqa: E402
 from dinov3_m2f.d2.config import check_override_keys  # noqa: E402
-from dinov3_m2f.d2.engine import SegTrainer  # noqa: E402
 from dinov3_m2f.d2.solver import get_param_groups  # noqa: E402
+from dinov3_m2f.d2.trainer import SegTrainer  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")

@@ -14,14 +14,14 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from dinov3_m2f.d2.checkpoint import TrainableCheckpointer, frozen_state_prefixes  # noqa: E402
-from dinov3_m2f.d2.engine import (  # noqa: E402
-    EarlyStopping,
+from dinov3_m2f.d2.hooks import (  # noqa: E402
     BestCheckpointer,
+    EarlyStopping,
     SegEvalHook,
     SegPeriodicCheckpointer,
-    SegTrainer,
 )
 from dinov3_m2f.d2.solver import get_param_groups, set_trainable  # noqa: E402
+from dinov3_m2f.d2.trainer import SegTrainer  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
@@ -151,8 +151,9 @@ def test_grad_accumulation_equals_large_batch_and_counts_steps():
 # ---------------------------------------------------------------- best checkpoint / early stop
 
 
-def _run_with_metrics(tmp_path, values, *, max_iter, patience=None):
-    """Train ``_Net`` evaluating every iteration; the i-th evaluation reports ``values[i]``."""
+def _run_with_metrics(tmp_path, values, *, max_iter, patience=None, metric_key="mIoU"):
+    """Train ``_Net`` evaluating every iteration; the i-th evaluation reports ``values[i]``
+    as ``sem_seg/<metric_key>``."""
     model = _Net()
     trainer = SegTrainer(
         model, iter(_batches(max_iter, 4)),
@@ -163,15 +164,12 @@ def _run_with_metrics(tmp_path, values, *, max_iter, patience=None):
 
     def evaluate():
         snapshots.append(model.head.class_embed.weight.detach().clone())
-        return {"sem_seg": {"mIoU": values[len(snapshots) - 1]}}
+        return {"sem_seg": {metric_key: values[len(snapshots) - 1] if values else 0.0}}
 
-    hook_list = [
-        SegPeriodicCheckpointer(checkpointer, period=1000),
-        SegEvalHook(1, evaluate),
-        BestCheckpointer(eval_period=1, checkpointer=checkpointer, metric="sem_seg/mIoU"),
-    ]
+    best = BestCheckpointer(1, checkpointer, "sem_seg/mIoU")
+    hook_list = [SegPeriodicCheckpointer(checkpointer, period=1000), SegEvalHook(1, evaluate), best]
     if patience is not None:
-        hook_list.append(EarlyStopping(eval_period=1, metric="sem_seg/mIoU", patience=patience))
+        hook_list.append(EarlyStopping(best, eval_period=1, patience=patience))
     trainer.register_hooks(hook_list)
     trainer.train(0, max_iter)
     return trainer, snapshots
@@ -205,7 +203,14 @@ def test_early_stopping_counter_resets_on_improvement(tmp_path):
     # best at iteration 2, no improvement at 3 and 4 -> stop after iteration 4
     assert trainer.max_iter == 5
     with pytest.raises(ValueError, match="eval_period"):
-        EarlyStopping(eval_period=0, metric="sem_seg/mIoU", patience=1)
+        EarlyStopping(None, eval_period=0, patience=1)
+    with pytest.raises(ValueError, match="best checkpointer"):
+        EarlyStopping(None, eval_period=1, patience=1)
+
+
+def test_best_checkpoint_names_a_metric_the_evaluation_lacks(tmp_path):
+    with pytest.raises(KeyError, match="no 'sem_seg/mIoU'.*look like"):
+        _run_with_metrics(tmp_path, [], max_iter=2, metric_key="miou")
 
 
 # ---------------------------------------------------------------- end-to-end (train_net)
@@ -228,11 +233,11 @@ def test_train_net_best_checkpoint_and_accumulation(synthetic_env, tmp_path):
     out = str(tmp_path / "best")
     _, evals = _train(synthetic_env, out, "train.max_iter=8", "train.eval_period=2",
                       "train.grad_accum_steps=2")
-    # the final evaluation is logged one past the last iteration (detectron2's storage)
+    # the final evaluation is stored one past the last iteration (detectron2's storage), and
+    # model_best.pth records the iteration its metric was stored at
     assert [e["iteration"] for e in evals] == [1, 3, 5, 8]
-    best_iter = min(max(evals, key=lambda e: e["sem_seg/mIoU"])["iteration"], 7)  # first of ties
     best = torch.load(os.path.join(out, "model_best.pth"), weights_only=True)
-    assert best["iteration"] == best_iter
+    assert best["iteration"] == max(evals, key=lambda e: e["sem_seg/mIoU"])["iteration"]  # 1st of ties
     final = torch.load(os.path.join(out, "model_final.pth"), weights_only=True)
     assert final["iteration"] == 7
 

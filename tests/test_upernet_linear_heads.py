@@ -104,7 +104,7 @@ def test_loss_ignores_ignored_pixels(dice_weight):
     assert not torch.equal(changed, logits)
     for key, value in loss_fn(changed, labels).items():
         torch.testing.assert_close(value, base[key])
-    # CE equals the mean over valid pixels, times ce_weight.
+    # CE equals the mean over valid pixels.
     expected = F.cross_entropy(logits, labels, ignore_index=IGNORE)
     torch.testing.assert_close(base["loss_ce"], expected)
 
@@ -113,9 +113,11 @@ def test_loss_weights_dice_value_and_upsampling():
     labels = _labels(2, 16, 24, 3, ignore_frac=0.2)
     logits = torch.randn(2, 3, 4, 6)
     plain = PixelSegmentationLoss(num_classes=3, dice_weight=1.0)(logits, labels)
-    weighted = PixelSegmentationLoss(num_classes=3, ce_weight=2.0, dice_weight=3.0)(logits, labels)
-    torch.testing.assert_close(weighted["loss_ce"], 2.0 * plain["loss_ce"])
-    torch.testing.assert_close(weighted["loss_dice"], 3.0 * plain["loss_dice"])
+    weighted_loss = PixelSegmentationLoss(num_classes=3, ce_weight=2.0, dice_weight=3.0)
+    # losses come unweighted; the weights are for the meta-architecture to apply
+    assert weighted_loss.weight_dict == {"loss_ce": 2.0, "loss_dice": 3.0}
+    for key, value in weighted_loss(logits, labels).items():
+        torch.testing.assert_close(value, plain[key])
     # Logits are upsampled bilinearly to the label size; dice checked against a one-hot computation.
     up = F.interpolate(logits, size=(16, 24), mode="bilinear", align_corners=False)
     torch.testing.assert_close(plain["loss_ce"], F.cross_entropy(up, labels, ignore_index=IGNORE))

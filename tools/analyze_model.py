@@ -39,7 +39,7 @@ from fvcore.nn.jit_handles import get_shape
 from torch import nn
 
 from dinov3_m2f.d2.config import load_config
-from dinov3_m2f.d2.engine import resolve_device
+from dinov3_m2f.d2.trainer import resolve_device
 
 logger = logging.getLogger(__name__)
 

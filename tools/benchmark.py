@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark a config's model: training step time, inference throughput and peak memory.
 
-Random inputs of ``--input-size`` (uint8 images, random labels), so no dataset is needed.
+Random inputs of ``--input-size`` (uint8 images; label maps with a few classes per image, see
+``dinov3_m2f.benchmarking.random_label_maps``), so no dataset is needed.
 
     train ms/iter   one full training step as tools/train_net.py runs it (forward, loss, backward,
                     gradient clipping from train.clip_grad, optimizer step from cfg.optimizer),
@@ -10,10 +11,12 @@ Random inputs of ``--input-size`` (uint8 images, random labels), so no dataset i
                     ``--batch-size`` images), after ``--warmup`` untimed batches
     peak memory     CUDA: torch.cuda.max_memory_allocated (everything allocated, weights included).
                     CPU: growth of the process's peak resident set size (VmHWM) over the resident
-                    size before the timed runs; includes allocator overhead and excludes what
-                    was already resident (weights). The cell says which one it is.
+                    size before the timed runs (memory freed earlier is first given back to the
+                    OS); includes allocator overhead and excludes what was already resident
+                    (weights). The cell says which one it is.
 
-Prints a markdown table (header + one row) for docs/benchmarks.md.
+Prints a markdown table (header + one row) for docs/benchmarks.md; ``--json PATH`` also writes the
+figures as JSON records (tools/gpu_check.py reads them).
 
 Examples:
     python tools/benchmark.py --config-file configs/synthetic/m2f_tiny_synthetic.py \
@@ -26,7 +29,7 @@ import datetime
 import itertools
 import logging
 import os
-import platform
+import statistics
 import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -37,17 +40,20 @@ from detectron2.engine import HookBase
 from omegaconf import DictConfig
 from torch import nn
 
-from dinov3_m2f.d2.engine import AMP_DTYPES, SegTrainer, resolve_device
+from dinov3_m2f.benchmarking import (
+    MemoryMeter,
+    MemoryPeak,
+    describe_machine,
+    markdown_table,
+    random_label_maps,
+    synchronize,
+    time_ms,
+    write_records,
+)
+from dinov3_m2f.d2.trainer import AMP_DTYPES, SegTrainer, resolve_device
 from dinov3_m2f.d2.config import load_config
 
-logger = logging.getLogger(__name__)
-
 AMP_CHOICES = {"bf16": "bfloat16", "fp16": "float16", "none": None}
-MIB = 2**20
-KIB = 2**10
-_PROC_STATUS = "/proc/self/status"
-_CLEAR_REFS = "/proc/self/clear_refs"
-_RESET_PEAK_RSS = "5"  # written to clear_refs: VmHWM := current resident size
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -68,6 +74,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--date", default=None, help="date in the table row (default: today)")
     parser.add_argument("--machine", default=None,
                         help="machine description in the table row (default: from the system)")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as a JSON record")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                         help="config overrides key=value (last option)")
     args = parser.parse_args(argv)
@@ -76,64 +83,20 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def describe_machine(device: torch.device) -> str:
-    """E.g. ``"2-core x86_64 CPU, no GPU"`` or ``"NVIDIA H200 (1 GPU), 16-core x86_64 CPU"``."""
-    cpu = f"{os.cpu_count()}-core {platform.machine()} CPU"
-    if device.type != "cuda":
-        return f"{cpu}, no GPU" if not torch.cuda.is_available() else cpu
-    return f"{torch.cuda.get_device_name(device)}, {cpu}"
-
-
-class _MemoryMeter:
-    """Peak memory during a block: CUDA max allocated, or CPU peak RSS growth."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-
-    @staticmethod
-    def _proc_kib(field: str) -> int:
-        with open(_PROC_STATUS) as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-        raise RuntimeError(f"{_PROC_STATUS} has no {field}")
-
-    def start(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            return
-        with open(_CLEAR_REFS, "w") as f:
-            f.write(_RESET_PEAK_RSS)
-        self._rss_before_kib = self._proc_kib("VmRSS")
-
-    def stop(self) -> str:
-        """The peak as a table cell, naming what was measured."""
-        if self.device.type == "cuda":
-            return f"{torch.cuda.max_memory_allocated(self.device) / MIB:.0f} (CUDA max allocated)"
-        growth = (self._proc_kib("VmHWM") - self._rss_before_kib) * KIB
-        return f"{growth / MIB:.0f} (CPU peak RSS growth)"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def random_batch(
     *, batch_size: int, input_size: Tuple[int, int], num_classes: int, with_labels: bool,
     generator: torch.Generator,
 ) -> List[Dict]:
-    """Detectron2 input dicts with random uint8 images (and random labels)."""
-    batch = []
-    for _ in range(batch_size):
-        item = {
-            "image": torch.randint(0, 256, (3, *input_size), dtype=torch.uint8,
-                                   generator=generator),  # [3, H, W]
-        }
-        if with_labels:
-            item["sem_seg"] = torch.randint(0, num_classes, input_size, generator=generator)
-        batch.append(item)
+    """Detectron2 input dicts with random uint8 images (and random label maps)."""
+    batch = [
+        {"image": torch.randint(0, 256, (3, *input_size), dtype=torch.uint8, generator=generator)}
+        for _ in range(batch_size)
+    ]  # each image [3, H, W]
+    if with_labels:
+        labels = random_label_maps(batch_size=batch_size, size=input_size, num_classes=num_classes,
+                                   generator=generator)  # [B, H, W]
+        for item, label in zip(batch, labels):
+            item["sem_seg"] = label
     return batch
 
 
@@ -145,18 +108,18 @@ class _StepTimer(HookBase):
         self.times: List[float] = []
 
     def before_step(self) -> None:
-        _sync(self.device)
+        synchronize(self.device)
         self._start = time.perf_counter()
 
     def after_step(self) -> None:
-        _sync(self.device)
+        synchronize(self.device)
         self.times.append(time.perf_counter() - self._start)
 
 
 class _MeterHook(HookBase):
     """Starts the memory meter before the first timed step."""
 
-    def __init__(self, meter: _MemoryMeter, *, start_iter: int):
+    def __init__(self, meter: MemoryMeter, *, start_iter: int):
         self.meter = meter
         self.start_iter = start_iter
 
@@ -168,8 +131,8 @@ class _MeterHook(HookBase):
 def benchmark_train(
     cfg: DictConfig, model: nn.Module, batch: List[Dict], *, device: torch.device,
     amp_dtype: Optional[str], warmup: int, iters: int,
-) -> Tuple[float, str]:
-    """Mean ms per training step after ``warmup`` steps, and the peak memory cell."""
+) -> Tuple[float, MemoryPeak]:
+    """Mean ms per training step after ``warmup`` steps, and the peak memory."""
     model.train()
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
@@ -180,7 +143,7 @@ def benchmark_train(
         clip_grad_norm_type=clip.norm_type,
     )
     timer = _StepTimer(device)
-    meter = _MemoryMeter(device)
+    meter = MemoryMeter(device)
     trainer.register_hooks([_MeterHook(meter, start_iter=warmup), timer])
     trainer.train(0, warmup + iters)
     timed = timer.times[warmup:]
@@ -190,22 +153,18 @@ def benchmark_train(
 def benchmark_inference(
     model: nn.Module, batch: List[Dict], *, device: torch.device,
     amp_dtype: Optional[torch.dtype], warmup: int, iters: int,
-) -> Tuple[float, str]:
-    """Images per second after ``warmup`` untimed batches, and the peak memory cell."""
+) -> Tuple[float, MemoryPeak]:
+    """Images per second after ``warmup`` untimed batches, and the peak memory."""
     model.eval()
-    meter = _MemoryMeter(device)
+    meter = MemoryMeter(device)
     with torch.inference_mode(), torch.autocast(
         device.type, dtype=amp_dtype, enabled=amp_dtype is not None
     ):
         for _ in range(warmup):
             model(batch)
         meter.start()
-        start = time.perf_counter()
-        for _ in range(iters):
-            model(batch)
-        _sync(device)
-        elapsed = time.perf_counter() - start
-    return len(batch) * iters / elapsed, meter.stop()
+        times = time_ms(lambda: model(batch), device=device, warmup=0, iters=iters)
+    return len(batch) * 1e3 / statistics.mean(times), meter.stop()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -224,26 +183,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     batch_kwargs = dict(batch_size=args.batch_size, input_size=tuple(args.input_size),
                         num_classes=model.num_classes, generator=generator)
 
-    train_ms, train_mem = "skipped", "skipped"
+    record = dict(date=args.date or datetime.date.today().isoformat(),
+                  machine=args.machine or describe_machine(device), torch=torch.__version__,
+                  config=os.path.basename(args.config_file), device=device.type,
+                  threads=torch.get_num_threads(), amp=args.amp, batch=args.batch_size,
+                  input="{}x{}".format(*args.input_size))
+    train_cells = ["skipped", "skipped"]
     if not args.skip_train:
         batch = random_batch(with_labels=True, **batch_kwargs)
-        ms, train_mem = benchmark_train(cfg, model, batch, device=device, amp_dtype=amp_name,
-                                        warmup=args.warmup, iters=args.iters)
-        train_ms = f"{ms:.1f}"
+        ms, peak = benchmark_train(cfg, model, batch, device=device, amp_dtype=amp_name,
+                                   warmup=args.warmup, iters=args.iters)
+        record.update(train_ms_per_iter=ms, train_peak_mib=peak.peak_mib,
+                      train_reserved_mib=peak.reserved_mib)
+        train_cells = [f"{ms:.1f}", peak.cell()]
     batch = random_batch(with_labels=False, **batch_kwargs)
-    images_per_s, infer_mem = benchmark_inference(
+    images_per_s, peak = benchmark_inference(
         model, batch, device=device, amp_dtype=amp_dtype, warmup=args.warmup, iters=args.iters
     )
+    record.update(infer_images_per_s=images_per_s, infer_peak_mib=peak.peak_mib,
+                  infer_reserved_mib=peak.reserved_mib)
+    write_records(args.json, [record])
 
-    date = args.date or datetime.date.today().isoformat()
-    machine = args.machine or describe_machine(device)
-    height, width = args.input_size
-    print("| date | machine | torch | config | device | threads | amp | batch | input | "
-          "train ms/iter | infer img/s | train peak MiB | infer peak MiB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    print(f"| {date} | {machine} | {torch.__version__} | {os.path.basename(args.config_file)} "
-          f"| {device.type} | {torch.get_num_threads()} | {args.amp} | {args.batch_size} "
-          f"| {height}x{width} | {train_ms} | {images_per_s:.2f} | {train_mem} | {infer_mem} |")
+    header = ["date", "machine", "torch", "config", "device", "threads", "amp", "batch", "input"]
+    print(markdown_table(
+        header + ["train ms/iter", "infer img/s", "train peak MiB", "infer peak MiB"],
+        [[record[key] for key in header]
+         + [train_cells[0], f"{images_per_s:.2f}", train_cells[1], peak.cell()]],
+    ))
     return 0
 
 

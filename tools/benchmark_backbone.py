@@ -2,8 +2,8 @@
 """Benchmark the DINOv3 ViT forward pass: ours vs transformers' DINOv3ViTModel.
 
 Both models get the same random weights (ours converted to the Hugging Face layout) and run the
-same input; the table reports throughput, latency, peak GPU memory and the max-abs difference of
-the final-norm patch tokens.
+same input; the table reports throughput, latency, peak memory (CUDA max allocated, or CPU peak
+resident set growth) and the max-abs difference of the final-norm patch tokens.
 
 Examples:
     python tools/benchmark_backbone.py                                   # ViT-L/16, 16 x 512^2, bf16, GPU
@@ -12,20 +12,17 @@ Examples:
 """
 import argparse
 import contextlib
-import time
-from typing import Callable, Dict
+import statistics
 
 import torch
 
+from dinov3_m2f.benchmarking import DTYPES, MemoryMeter, markdown_table, parse_device, time_ms
 from dinov3_m2f.modeling.dinov3 import (
     DINOV3_PRESETS,
     build_dinov3,
     convert_to_hf_state_dict,
     hf_config_from_model,
 )
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-_GIB = 1024**3
 
 
 def parse_args() -> argparse.Namespace:
@@ -37,37 +34,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--size", type=int, default=512, help="square input side (multiple of 16)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="autocast dtype (fp32: none)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:<i>")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--no-hf", action="store_true", help="skip the transformers model")
     return parser.parse_args()
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_forward(fn: Callable[[], torch.Tensor], *, device: torch.device, warmup: int, iters: int) -> Dict[str, float]:
-    """Run ``fn`` ``warmup`` + ``iters`` times; return seconds per iteration and peak memory (GiB)."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    _sync(device)
-    seconds = (time.perf_counter() - start) / iters
-    peak = torch.cuda.max_memory_allocated(device) / _GIB if device.type == "cuda" else float("nan")
-    return {"seconds": seconds, "peak_gib": peak}
-
-
 def main() -> None:
     args = parse_args()
-    device = torch.device(args.device)
+    device = parse_device(args.device)
     dtype = DTYPES[args.dtype]
     autocast_dtype = None if dtype == torch.float32 else dtype
     overrides = {k: v for k, v in (("embed_dim", args.embed_dim), ("depth", args.depth),
@@ -102,12 +78,15 @@ def main() -> None:
     outputs = {label: fn().float() for label, fn in runs.items()}
     print(f"preset={args.preset} {overrides or ''} batch={args.batch} size={args.size} dtype={args.dtype} "
           f"device={device}")
-    print(f"{'impl':<14}{'images/s':>12}{'ms/iter':>12}{'peak GiB':>12}{'max|diff|':>12}")
+    rows = []
     for label, fn in runs.items():
-        stats = time_forward(fn, device=device, warmup=args.warmup, iters=args.iters)
+        meter = MemoryMeter(device)
+        meter.start()
+        ms = statistics.mean(time_ms(fn, device=device, warmup=args.warmup, iters=args.iters))
+        peak = meter.stop()
         diff = (outputs[label] - outputs["ours"]).abs().max().item()
-        print(f"{label:<14}{args.batch / stats['seconds']:>12.1f}{1000 * stats['seconds']:>12.2f}"
-              f"{stats['peak_gib']:>12.2f}{diff:>12.2e}")
+        rows.append([label, f"{args.batch * 1e3 / ms:.1f}", f"{ms:.2f}", peak.cell(), f"{diff:.2e}"])
+    print(markdown_table(["impl", "images/s", "ms/iter", "peak MiB", "max abs diff vs ours"], rows))
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from dinov3_m2f.data.files import MAX_LISTED
 from dinov3_m2f.modeling.class_merge import OLD_TO_NEW_KEY, load_class_merge
 from dinov3_m2f.modeling.mask2former_weights import Mask2FormerConversion, convert_mask2former_state_dict
 from dinov3_m2f.modeling.official_weights import (
@@ -65,8 +66,6 @@ D2_CLASS_MERGE_KEY = D2_HEAD_PREFIX + "class_merge." + OLD_TO_NEW_KEY
 # Checkpoints may wrap the state dict under one of these keys.
 WRAPPER_KEYS = ("model", "state_dict")
 OFFICIAL_KEY_PREFIX = "segmentation_model."
-# How many keys an error message lists.
-_MAX_LISTED = 5
 SOURCES = ("dinov3", "mask2former")
 PICKLE_EXTENSION = ".pkl"
 
@@ -130,11 +129,11 @@ def load_official_state_dict(path: str) -> StateDict:
         raise ValueError(
             f"checkpoint {path} is not an official DINOv3 segmentor checkpoint: expected only "
             f"'{OFFICIAL_KEY_PREFIX}0.*' (adapter) and '{OFFICIAL_KEY_PREFIX}1.*' (head) keys, "
-            f"found {len(foreign)} others, e.g. {[str(k) for k in foreign[:_MAX_LISTED]]}"
+            f"found {len(foreign)} others, e.g. {[str(k) for k in foreign[:MAX_LISTED]]}"
         )
     not_tensors = [k for k, v in loaded.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
-        raise ValueError(f"checkpoint {path}: values of {not_tensors[:_MAX_LISTED]} are not tensors")
+        raise ValueError(f"checkpoint {path}: values of {not_tensors[:MAX_LISTED]} are not tensors")
     return loaded
 
 
@@ -243,7 +242,7 @@ def load_mask2former_state_dict(path: str) -> StateDict:
         loaded = loaded["model"]
     bad = [k for k, v in loaded.items() if not isinstance(k, str) or not isinstance(v, (np.ndarray, torch.Tensor))]
     if bad:
-        raise ValueError(f"checkpoint {path}: {len(bad)} entries are not named arrays, e.g. {bad[:_MAX_LISTED]}")
+        raise ValueError(f"checkpoint {path}: {len(bad)} entries are not named arrays, e.g. {bad[:MAX_LISTED]}")
     return {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v for k, v in loaded.items()}
 
 
@@ -265,7 +264,7 @@ def report_mask2former(conversion: Mask2FormerConversion) -> List[str]:
         if key.startswith(D2_HEAD_PREFIX):
             lines.append(f"  skipped {key}: {reason}")
     if outside:
-        lines.append(f"  skipped {len(outside)} keys outside the head, e.g. {outside[:_MAX_LISTED]}")
+        lines.append(f"  skipped {len(outside)} keys outside the head, e.g. {outside[:MAX_LISTED]}")
     for key in conversion.uninitialized:
         lines.append(f"  not in the checkpoint (keeps its initialisation): {D2_HEAD_PREFIX}{key}")
     return lines

@@ -2,9 +2,11 @@
 """Segment image files with a trained model: a colored overlay and a raw label PNG per image.
 
 Inputs are image files, folders (their images, sorted, not recursive) or glob patterns. For each
-input ``<stem>.<ext>`` the output folder gets:
-    <stem>_overlay.png   the image with the predicted classes drawn over it (names and colors from
-                         the test dataset's metadata)
+input ``<stem>.<ext>`` the output folder gets (written by dinov3_m2f.data.outputs, the writer of
+tools/infer_onnx.py too):
+    <stem>_overlay.png   the image with the predicted classes drawn over it and a legend of the
+                         classes present on the right (names and colors from the test dataset's
+                         metadata; drawn by dinov3_m2f.data.visualize.draw_overlay)
     <stem>_labels.png    uint8 class ids, one channel, same size as the image
 
 An image that cannot be read is skipped with a warning naming it; the exit code is 0 when at least
@@ -26,9 +28,9 @@ from typing import List, Optional, Sequence
 
 from tqdm import tqdm
 
-from dinov3_m2f.d2.mapper import UnreadableImageError, read_image_or_raise
 from dinov3_m2f.d2.predictor import SemSegPredictor
 from dinov3_m2f.data.files import collect_image_files
+from dinov3_m2f.data.image import UnreadableImageError, read_image
 from dinov3_m2f.data.outputs import check_label_png_classes, write_segmentation
 
 logger = logging.getLogger(__name__)
@@ -63,6 +65,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def inference_overrides(args: argparse.Namespace) -> List[str]:
+    """The ``model.*`` config overrides of the test-mode options that were given."""
+    options = {
+        "test_mode": args.test_mode, "slide_crop_size": args.crop_size,
+        "slide_stride": args.stride, "tta_scales": args.tta_scales, "tta_flip": args.tta_flip,
+    }
+    return [f"model.{key}={value}" for key, value in options.items() if value is not None]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the demo; returns the exit code."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -71,21 +82,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     predictor = SemSegPredictor.from_config(
         args.config_file,
         checkpoint=args.checkpoint,
-        overrides=args.opts,
+        overrides=[*inference_overrides(args), *args.opts],
         device=args.device,
         autocast=args.autocast,
-        test_mode=args.test_mode,
-        slide_crop_size=args.crop_size,
-        slide_stride=args.stride,
-        tta_scales=args.tta_scales,
-        tta_flip=args.tta_flip,
     )
     check_label_png_classes(len(predictor.class_names))
     os.makedirs(args.output, exist_ok=True)
     skipped: List[str] = []
     for path in tqdm(files, desc="demo", unit="image", disable=len(files) == 1):
         try:
-            image = read_image_or_raise(path, image_format="RGB")
+            image = read_image(path)
         except UnreadableImageError as e:
             logger.warning("Skipping %s: %s", path, e)
             skipped.append(path)
@@ -94,7 +100,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         stem = os.path.splitext(os.path.basename(path))[0]
         write_segmentation(image, labels, output_dir=args.output, stem=stem,
                            class_names=predictor.class_names,
-                           colors=predictor.metadata.get("stuff_colors", None), alpha=args.alpha)
+                           colors=predictor.metadata.get("stuff_colors"), alpha=args.alpha)
     done = len(files) - len(skipped)
     logger.info("Segmented %d of %d images into %s", done, len(files), args.output)
     if skipped:

@@ -5,7 +5,8 @@ Reads ``cityscapes/gtFine/<split>/<city>/*_gtFine_labelIds.png`` (the 34 Citysca
 writes ``*_gtFine_labelTrainIds.png`` next to each file: the 19 evaluated classes as train ids
 0..18 and everything else as 255 (ignore), the layout ``cityscapes_fine_sem_seg_{train,val}``
 expects. Equivalent to cityscapesScripts' ``createTrainIdLabelImgs.py`` without needing that
-package. Existing outputs are kept unless ``--overwrite``; files are written atomically.
+package (the train ids are detectron2's ``CITYSCAPES_CATEGORIES``). Existing outputs are kept
+unless ``--overwrite``; files are written atomically.
 
 Example:
     python tools/prepare_cityscapes.py --root datasets/cityscapes
@@ -16,50 +17,19 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from detectron2.data.datasets.builtin_meta import CITYSCAPES_CATEGORIES
+
 from dinov3_m2f.data.files import datasets_root, list_files
 from dinov3_m2f.data.io import IGNORE_VALUE, convert_label_pngs
 
 logger = logging.getLogger("prepare_cityscapes")
 
-# Label id -> train id of the 34 Cityscapes labels (ids 0..33), from the `labels` table of the
-# official cityscapesScripts (cityscapesscripts/helpers/labels.py). Ids whose label is not
-# evaluated map to 255; "license plate" (id -1) is never drawn in labelIds images.
-CITYSCAPES_ID_TO_TRAIN_ID = {
-    0: IGNORE_VALUE,   # unlabeled
-    1: IGNORE_VALUE,   # ego vehicle
-    2: IGNORE_VALUE,   # rectification border
-    3: IGNORE_VALUE,   # out of roi
-    4: IGNORE_VALUE,   # static
-    5: IGNORE_VALUE,   # dynamic
-    6: IGNORE_VALUE,   # ground
-    7: 0,              # road
-    8: 1,              # sidewalk
-    9: IGNORE_VALUE,   # parking
-    10: IGNORE_VALUE,  # rail track
-    11: 2,             # building
-    12: 3,             # wall
-    13: 4,             # fence
-    14: IGNORE_VALUE,  # guard rail
-    15: IGNORE_VALUE,  # bridge
-    16: IGNORE_VALUE,  # tunnel
-    17: 5,             # pole
-    18: IGNORE_VALUE,  # polegroup
-    19: 6,             # traffic light
-    20: 7,             # traffic sign
-    21: 8,             # vegetation
-    22: 9,             # terrain
-    23: 10,            # sky
-    24: 11,            # person
-    25: 12,            # rider
-    26: 13,            # car
-    27: 14,            # truck
-    28: 15,            # bus
-    29: IGNORE_VALUE,  # caravan
-    30: IGNORE_VALUE,  # trailer
-    31: 16,            # train
-    32: 17,            # motorcycle
-    33: 18,            # bicycle
-}  # fmt: skip
+# Cityscapes label ids are 0..33 ("license plate", -1, is never drawn in labelIds images). The
+# 19 evaluated classes and their train ids are detectron2's CITYSCAPES_CATEGORIES (taken from
+# cityscapesScripts' labels table); every other label id is ignored.
+NUM_LABEL_IDS = 34
+_TRAIN_IDS = {category["id"]: category["trainId"] for category in CITYSCAPES_CATEGORIES}
+CITYSCAPES_ID_TO_TRAIN_ID = {i: _TRAIN_IDS.get(i, IGNORE_VALUE) for i in range(NUM_LABEL_IDS)}
 LABEL_IDS_SUFFIX = "_gtFine_labelIds.png"
 TRAIN_IDS_SUFFIX = "_gtFine_labelTrainIds.png"
 DEFAULT_SPLITS = ("train", "val")

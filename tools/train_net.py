@@ -25,27 +25,25 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from detectron2.config import instantiate
-from detectron2.engine import default_argument_parser, default_setup, default_writers, hooks, launch
+from detectron2.engine import (
+    create_ddp_model,
+    default_argument_parser,
+    default_setup,
+    default_writers,
+    hooks,
+    launch,
+)
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from omegaconf import DictConfig
 from torch import nn
 
-import dinov3_m2f.d2  # noqa: F401  (registers the backbone, meta-architecture and datasets)
-from dinov3_m2f.d2.config import load_config
 from dinov3_m2f.d2.checkpoint import TrainableCheckpointer, frozen_state_prefixes
-from dinov3_m2f.d2.engine import (
-    AMP_DTYPES,
-    EarlyStopping,
-    BestCheckpointer,
-    SegEvalHook,
-    SegPeriodicCheckpointer,
-    SegTrainer,
-    resolve_device,
-    wrap_ddp,
-)
+from dinov3_m2f.d2.config import load_config
+from dinov3_m2f.d2.hooks import BestCheckpointer, EarlyStopping, SegEvalHook, SegPeriodicCheckpointer
 from dinov3_m2f.d2.solver import set_trainable
+from dinov3_m2f.d2.trainer import AMP_DTYPES, SegTrainer, resolve_device
 
 logger = logging.getLogger("detectron2")
 
@@ -81,6 +79,12 @@ def build_model(cfg: DictConfig) -> Tuple[nn.Module, torch.device]:
     return model, device
 
 
+def wrap_ddp(model: nn.Module, device: torch.device, **ddp_kwargs) -> nn.Module:
+    """detectron2's ``create_ddp_model``; CPU modules get ``device_ids=None`` (DDP rejects ids)."""
+    device_ids = [device.index] if device.type == "cuda" else None
+    return create_ddp_model(model, device_ids=device_ids, **ddp_kwargs)
+
+
 def build_training_hooks(
     cfg: DictConfig, checkpointer: TrainableCheckpointer, eval_function: Callable[[], Dict]
 ) -> List[Optional[hooks.HookBase]]:
@@ -91,28 +95,22 @@ def build_training_hooks(
     only the main process runs are None elsewhere (``register_hooks`` drops them).
     """
     train = cfg.train
-    best = train.best_checkpoint
-    early = train.early_stopping
-    if early is not None and best is None:
+    if train.early_stopping is not None and train.best_checkpoint is None:
         raise ValueError("train.early_stopping needs train.best_checkpoint (its metric and mode)")
     main = comm.is_main_process()
+    best = None
+    if train.best_checkpoint is not None and main:
+        best = BestCheckpointer(
+            train.eval_period, checkpointer, train.best_checkpoint.metric, train.best_checkpoint.mode
+        )
     return [
         hooks.IterationTimer(),
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
         SegPeriodicCheckpointer(checkpointer, **train.checkpointer) if main else None,
         SegEvalHook(train.eval_period, eval_function),
-        BestCheckpointer(
-            eval_period=train.eval_period,
-            checkpointer=checkpointer,
-            metric=best.metric,
-            mode=best.mode,
-        )
-        if best is not None and main
-        else None,
-        EarlyStopping(
-            eval_period=train.eval_period, metric=best.metric, mode=best.mode, **early
-        )
-        if early is not None
+        best,
+        EarlyStopping(best, eval_period=train.eval_period, **train.early_stopping)
+        if train.early_stopping is not None
         else None,
         hooks.PeriodicWriter(
             default_writers(train.output_dir, train.max_iter), period=train.log_period
@@ -139,7 +137,7 @@ def do_train(args, cfg: DictConfig) -> SegTrainer:
     train_loader = instantiate(cfg.dataloader.train)
 
     eval_modules = [model.get_submodule(name) for name in frozen_by_config]
-    model = wrap_ddp(model, device=device, **cfg.train.ddp)
+    model = wrap_ddp(model, device, **cfg.train.ddp)
     trainer = SegTrainer(
         model,
         train_loader,
@@ -177,7 +175,7 @@ def do_eval_only(cfg: DictConfig) -> Dict:
     if not cfg.train.init_checkpoint:
         raise ValueError("--eval-only needs a checkpoint: pass train.init_checkpoint=<path>")
     model, device = build_model(cfg)
-    model = wrap_ddp(model, device=device)
+    model = wrap_ddp(model, device)
     TrainableCheckpointer(model, strict=True).load(cfg.train.init_checkpoint)
     results = do_test(cfg, model)
     if comm.is_main_process():

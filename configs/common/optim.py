@@ -10,13 +10,8 @@ AdamW = L(torch.optim.AdamW)(
     params=L(get_param_groups)(
         base_lr="${..lr}",
         weight_decay="${..weight_decay}",
-        # Per-module learning-rate factors, longest prefix wins.
-        lr_multipliers={
-            "backbone.adapter": 1.0,
-            "sem_seg_head.pixel_decoder": 1.0,
-            "sem_seg_head.predictor": 1.0,
-        },
-        # Norm layers, queries and level embeddings are not decayed.
+        # Norm layers, queries and level embeddings are not decayed. Per-module learning-rate
+        # factors: lr_multipliers={module_prefix: factor} (longest prefix wins); none here.
         weight_decay_norm=0.0,
         weight_decay_embed=0.0,
     ),

@@ -14,7 +14,6 @@ model.backbone.init_seed = m2f_model.backbone.init_seed
 model.sem_seg_head.in_channels.shapes.channels = "${....backbone.vit_kwargs.embed_dim}"
 
 # Optimizer: only the head is trainable.
-optimizer.params.lr_multipliers = {"sem_seg_head": 1.0}
 optimizer.lr = 1e-3
 
 train.output_dir = "./output/linear_tiny_synthetic"

@@ -13,8 +13,6 @@ model.backbone = m2f_model.backbone
 model.sem_seg_head.in_channels.shapes.channels = "${....backbone.vit_kwargs.embed_dim}"
 model.sem_seg_head.channels = 64
 
-# Optimizer: no pixel decoder / predictor here; the adapter and the head train at the base lr.
-optimizer.params.lr_multipliers = {"backbone.adapter": 1.0, "sem_seg_head": 1.0}
 optimizer.lr = 1e-3
 
 train.output_dir = "./output/upernet_tiny_synthetic"

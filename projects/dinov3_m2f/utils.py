@@ -4,10 +4,11 @@ torch is imported inside the functions that use it, so that ``atomic_open`` and 
 modules built on it also work where torch is not installed (the ONNX runner).
 """
 import contextlib
+import errno
 import os
 import pickle
 import tempfile
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterator, Tuple
 
 import numpy as np
 
@@ -39,13 +40,35 @@ def _read_umask() -> int:
 _NEW_FILE_MODE = 0o666 & ~_read_umask()
 
 
+# errno values meaning that the destination's file system has no room left for the write.
+_NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _make_temp_file(folder: str, suffix: str) -> Tuple[int, str]:
+    """A new, empty temporary file in ``folder``: (open descriptor, path)."""
+    fd, tmp_path = tempfile.mkstemp(prefix=".tmp_", suffix=suffix, dir=folder)
+    # mkstemp creates the file private (0600); give it the permissions a plain open() would.
+    os.fchmod(fd, _NEW_FILE_MODE)
+    return fd, tmp_path
+
+
+def _no_space_error(path: str, error: OSError) -> OSError:
+    return OSError(
+        error.errno,
+        f"{os.strerror(error.errno)}: cannot write {path}; the file as it was before, if any, is "
+        "unchanged. Free some space (or write elsewhere) and run again",
+    )
+
+
 @contextlib.contextmanager
 def atomic_open(path: str, mode: str = "wb", *, suffix: str = "") -> Iterator[IO]:
     """Open a temporary file next to ``path``; on success rename it over ``path``.
 
     Readers never see a half-written ``path``: the temporary file (in the same folder, so the
     rename is atomic) replaces it only after the ``with`` block finishes without an exception, and
-    is removed otherwise. The folder must exist.
+    is removed otherwise. The folder must exist. A write that fails for lack of space (ENOSPC, or
+    EDQUOT for an exhausted quota) raises an ``OSError`` with that errno whose message names
+    ``path`` and says there is no space left; the previous ``path`` stays as it was.
 
     Args:
         path: final file.
@@ -57,13 +80,15 @@ def atomic_open(path: str, mode: str = "wb", *, suffix: str = "") -> Iterator[IO
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp_path = tempfile.mkstemp(prefix=".tmp_", suffix=suffix, dir=folder)
+    fd, tmp_path = _make_temp_file(os.path.dirname(os.path.abspath(path)), suffix)
     try:
-        # mkstemp creates the file private (0600); give it the permissions a plain open() would.
-        os.fchmod(fd, _NEW_FILE_MODE)
-        with os.fdopen(fd, mode) as f:
-            yield f
+        try:
+            with os.fdopen(fd, mode) as f:
+                yield f
+        except OSError as e:
+            if e.errno in _NO_SPACE_ERRNOS:
+                raise _no_space_error(path, e) from e
+            raise
         os.replace(tmp_path, path)
     finally:
         if os.path.exists(tmp_path):
@@ -76,19 +101,28 @@ def atomic_torch_save(obj: Any, path: str) -> None:
     Args:
         obj: object to save.
         path: destination file; its folder must exist.
+
+    Raises:
+        OSError: the write failed; for lack of space (ENOSPC / EDQUOT) the message names ``path``
+            and says there is no space left (see :func:`atomic_open`), and ``path`` is unchanged.
     """
     import torch
 
+    # torch.save gets the open file, not the path: its own file writer would report a full disk
+    # only as "enforce fail at inline_container.cc ... file write failed". Python's file reports
+    # ENOSPC (at the latest when it is closed), which atomic_open turns into a plain message.
     with atomic_open(path, "wb", suffix=".pth") as f:
         torch.save(obj, f)
 
 
-def safe_torch_load(path: str, *, what: str = "checkpoint") -> Any:
+def safe_torch_load(path: str, *, what: str = "checkpoint", mmap: bool = False) -> Any:
     """``torch.load(path, map_location="cpu", weights_only=True)`` with one error naming the file.
 
     Args:
         path: the file to read.
         what: what the file is, for the error message (e.g. ``"DINOv3 checkpoint"``).
+        mmap: map the file instead of reading it (``torch.load(mmap=True)``; zip-format files only):
+            tensors are then views of the file's pages, read when first touched.
 
     Returns:
         The loaded object (tensors, numbers, strings and containers only).
@@ -99,7 +133,7 @@ def safe_torch_load(path: str, *, what: str = "checkpoint") -> Any:
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except TORCH_LOAD_ERRORS as exc:
         raise ValueError(f"Could not read {what} {path} with torch.load(weights_only=True): {exc}") from exc
 

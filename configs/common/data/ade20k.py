@@ -1,49 +1,6 @@
 """ADE20K-150 in detectron2's layout (``ADEChallengeData2016/annotations_detectron2``), crop 512."""
-import detectron2.data.transforms as T
-from detectron2.config import LazyCall as L
-from detectron2.data import build_detection_train_loader
-from omegaconf import OmegaConf
+from .sem_seg import dataloader
 
-from dinov3_m2f.d2.datasets import SemSegGroundTruthLoader, get_dataset_dicts
-from dinov3_m2f.d2.evaluation import SkippingSemSegEvaluator, build_sem_seg_test_loader
-from dinov3_m2f.d2.mapper import SemSegDatasetMapper
-from dinov3_m2f.d2.transforms import build_sem_seg_train_augmentations, scaled_lengths
-
-dataloader = OmegaConf.create()
-
-dataloader.train = L(build_detection_train_loader)(
-    dataset=L(get_dataset_dicts)(names="ade20k_sem_seg_train"),
-    mapper=L(SemSegDatasetMapper)(
-        is_train=True,
-        augmentations=L(build_sem_seg_train_augmentations)(
-            crop_size=512,
-            # short edge 512 * [0.5, 0.6, ..., 2.0] = 256 ... 1024
-            short_edge_lengths=L(scaled_lengths)(
-                base="${..crop_size}", min_ratio=0.5, max_ratio=2.0
-            ),
-            max_size=2048,
-            ignore_label="${..ignore_label}",
-        ),
-        image_format="RGB",
-        ignore_label=255,
-        num_classes=150,
-        pad_size="${.augmentations.crop_size}",
-    ),
-    total_batch_size=16,
-    num_workers=4,
-)
-
-dataloader.test = L(build_sem_seg_test_loader)(
-    dataset=L(get_dataset_dicts)(names="ade20k_sem_seg_val", filter_empty=False),
-    mapper=L(SemSegDatasetMapper)(
-        is_train=False,
-        augmentations=[L(T.ResizeShortestEdge)(short_edge_length=512, max_size=2048)],
-        image_format="${...train.mapper.image_format}",
-    ),
-    num_workers=4,
-)
-
-dataloader.evaluator = L(SkippingSemSegEvaluator)(
-    dataset_name="${..test.dataset.names}",
-    sem_seg_loading_fn=L(SemSegGroundTruthLoader)(dataset_name="${..dataset_name}"),
-)
+dataloader.train.dataset.names = "ade20k_sem_seg_train"
+dataloader.train.mapper.num_classes = 150
+dataloader.test.dataset.names = "ade20k_sem_seg_val"

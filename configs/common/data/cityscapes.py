@@ -1,47 +1,16 @@
-"""Cityscapes fine (19 train ids), crop 512x1024; needs ``*_gtFine_labelTrainIds.png``."""
-from detectron2.config import LazyCall as L
-from detectron2.data import build_detection_train_loader
-from omegaconf import OmegaConf
+"""Cityscapes fine (19 train ids), crop 512x1024; needs ``*_gtFine_labelTrainIds.png``.
 
-from dinov3_m2f.d2.datasets import SemSegGroundTruthLoader, get_dataset_dicts
-from dinov3_m2f.d2.evaluation import SkippingSemSegEvaluator, build_sem_seg_test_loader
-from dinov3_m2f.d2.mapper import SemSegDatasetMapper
-from dinov3_m2f.d2.transforms import build_sem_seg_train_augmentations, scaled_lengths
+Evaluated with ``SemSegEvaluator`` semantics (not detectron2's CityscapesSemSegEvaluator), so
+cityscapesscripts is not needed.
+"""
+from .sem_seg import dataloader
 
-dataloader = OmegaConf.create()
-
-dataloader.train = L(build_detection_train_loader)(
-    dataset=L(get_dataset_dicts)(names="cityscapes_fine_sem_seg_train"),
-    mapper=L(SemSegDatasetMapper)(
-        is_train=True,
-        augmentations=L(build_sem_seg_train_augmentations)(
-            crop_size=(512, 1024),  # (H, W)
-            # short edge 1024 (the image height) * [0.5, 0.6, ..., 2.0] = 512 ... 2048
-            short_edge_lengths=L(scaled_lengths)(base=1024, min_ratio=0.5, max_ratio=2.0),
-            max_size=4096,
-            ignore_label="${..ignore_label}",
-        ),
-        image_format="RGB",
-        ignore_label=255,
-        num_classes=19,
-        pad_size="${.augmentations.crop_size}",
-    ),
-    total_batch_size=16,
-    num_workers=4,
-)
-
-dataloader.test = L(build_sem_seg_test_loader)(
-    dataset=L(get_dataset_dicts)(names="cityscapes_fine_sem_seg_val", filter_empty=False),
-    mapper=L(SemSegDatasetMapper)(
-        is_train=False,
-        augmentations=[],  # native 1024x2048; sliding-window inference is the model's job
-        image_format="${...train.mapper.image_format}",
-    ),
-    num_workers=4,
-)
-
-# SemSegEvaluator semantics (not detectron2's CityscapesSemSegEvaluator): no cityscapesscripts needed.
-dataloader.evaluator = L(SkippingSemSegEvaluator)(
-    dataset_name="${..test.dataset.names}",
-    sem_seg_loading_fn=L(SemSegGroundTruthLoader)(dataset_name="${..dataset_name}"),
-)
+dataloader.train.dataset.names = "cityscapes_fine_sem_seg_train"
+dataloader.train.mapper.num_classes = 19
+# short edge 1024 (the image height) * [0.5, 0.6, ..., 2.0] = 512 ... 2048
+dataloader.train.mapper.augmentations[0].short_edge_length.base = 1024
+dataloader.train.mapper.augmentations[0].max_size = 4096
+dataloader.train.mapper.augmentations[1].crop_size = (512, 1024)  # (H, W)
+dataloader.test.dataset.names = "cityscapes_fine_sem_seg_val"
+# native 1024x2048; sliding-window inference is the model's job
+dataloader.test.mapper.augmentations = []

@@ -1,8 +1,8 @@
 """Detectron2 integration layer: the only part of dinov3_m2f that imports detectron2.
 
-Importing this package registers ``D2DINOv3Backbone`` and ``D2DINOv3ViTBackbone``
-(BACKBONE_REGISTRY), ``DINOv3Mask2Former`` and ``DINOv3PixelSegmentor`` (META_ARCH_REGISTRY).
+Like ``detectron2.data``, importing it registers the standard datasets (see :mod:`.datasets`).
 """
+from . import datasets  # noqa: F401  (registers LoveDA and the synthetic set on import)
 from .backbone import (
     D2DINOv3Backbone,
     D2DINOv3ViTBackbone,
@@ -11,5 +11,4 @@ from .backbone import (
     feature_channels,
     total_channels,
 )
-from .meta_arch import DINOv3Mask2Former
-from .pixel_meta_arch import DINOv3PixelSegmentor
+from .meta_arch import DINOv3Mask2Former, DINOv3PixelSegmentor

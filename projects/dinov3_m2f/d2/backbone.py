@@ -2,12 +2,11 @@
 without it (the last blocks' patch grids at stride 16, for linear probing)."""
 import functools
 import logging
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
-from detectron2.layers import ShapeSpec
-from detectron2.layers import get_norm as d2_get_norm
-from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+from detectron2.layers import ShapeSpec, get_norm
+from detectron2.modeling import Backbone
 from detectron2.utils import comm
 from torch import nn
 
@@ -32,53 +31,24 @@ VIT_STRIDE = 16
 
 
 def dinov3_pyramid_shape(*, channels: int) -> Dict[str, ShapeSpec]:
-    """The output shapes of :class:`D2DINOv3Backbone` for a ViT of width ``channels``.
-
-    Lets a LazyConfig give the head its ``input_shape`` without building the backbone.
-
-    Args:
-        channels: the ViT ``embed_dim``.
-
-    Returns:
-        ``{"res2": ShapeSpec(channels, 4), ..., "res5": ShapeSpec(channels, 32)}``.
-    """
-    return {
-        name: ShapeSpec(channels=channels, stride=stride) for name, stride in OUT_STRIDES.items()
-    }
-
-
-def vit_feature_names(num_layers: int) -> List[str]:
-    """Output names of :class:`D2DINOv3ViTBackbone`: ``layer0`` (earliest) .. ``layer{N-1}`` (last)."""
-    return [f"layer{i}" for i in range(num_layers)]
+    """The output shapes of :class:`D2DINOv3Backbone` for a ViT ``embed_dim`` of ``channels``
+    (a head's ``input_shape`` in a LazyConfig, without building the backbone)."""
+    return {name: ShapeSpec(channels=channels, stride=s) for name, s in OUT_STRIDES.items()}
 
 
 def dinov3_vit_shape(*, channels: int, num_layers: int) -> Dict[str, ShapeSpec]:
-    """The output shapes of :class:`D2DINOv3ViTBackbone` reading the last ``num_layers`` blocks.
-
-    Args:
-        channels: the ViT ``embed_dim``.
-        num_layers: number of blocks read.
-
-    Returns:
-        ``{"layer0": ShapeSpec(channels, 16), ...}``.
-    """
-    return {
-        name: ShapeSpec(channels=channels, stride=VIT_STRIDE)
-        for name in vit_feature_names(num_layers)
-    }
+    """The output shapes of :class:`D2DINOv3ViTBackbone` reading the last ``num_layers`` blocks
+    of a ViT of width ``channels``: ``layer0`` (earliest) .. ``layer{N-1}``, at stride 16."""
+    return {f"layer{i}": ShapeSpec(channels=channels, stride=VIT_STRIDE) for i in range(num_layers)}
 
 
 def feature_channels(shapes: Mapping[str, ShapeSpec]) -> List[int]:
-    """Channels of each feature, in order (e.g. ``in_channels`` of a UPerNet head).
-
-    Args:
-        shapes: a backbone's output shapes, e.g. from :func:`dinov3_pyramid_shape`.
-    """
+    """Channels of each feature in order (e.g. a UPerNet head's ``in_channels``)."""
     return [spec.channels for spec in shapes.values()]
 
 
 def total_channels(shapes: Mapping[str, ShapeSpec]) -> int:
-    """Channels of all features concatenated (e.g. ``in_channels`` of a linear head)."""
+    """Channels of all features concatenated (e.g. a linear head's ``in_channels``)."""
     return sum(feature_channels(shapes))
 
 
@@ -89,13 +59,8 @@ def build_frozen_vit(
     init_seed: Optional[int],
     vit_kwargs: Optional[Dict[str, Any]],
 ) -> nn.Module:
-    """Build the frozen DINOv3 ViT from a weights file, a seeded random init or a plain random init.
-
-    Args: see :class:`D2DINOv3Backbone`.
-
-    Returns:
-        The ViT (frozen, eval semantics).
-    """
+    """The frozen DINOv3 ViT from a weights file, a seeded random init or a plain random init
+    (arguments: see :class:`D2DINOv3Backbone`)."""
     vit_kwargs = dict(vit_kwargs or {})
     if weights:
         vit = build_dinov3(preset, **vit_kwargs)
@@ -113,25 +78,6 @@ def build_frozen_vit(
     return build_dinov3(preset, **vit_kwargs)
 
 
-def resolve_adapter_norm(norm: str) -> Callable[[int], nn.Module]:
-    """Pick the adapter normalization.
-
-    Args:
-        norm: ``"auto"`` (synchronized BN when several processes train: ``"SyncBN"`` with CUDA,
-            detectron2's ``"naiveSyncBN"`` on CPU/gloo; plain ``"BN"`` otherwise), or any name
-            detectron2's ``get_norm`` accepts ("BN", "SyncBN", "naiveSyncBN", "GN", ...).
-
-    Returns:
-        A factory ``num_channels -> nn.Module`` for :class:`DINOv3Adapter`.
-    """
-    if norm == AUTO_NORM:
-        if comm.get_world_size() > 1:
-            norm = "SyncBN" if torch.cuda.is_available() else "naiveSyncBN"
-        else:
-            norm = "BN"
-    return functools.partial(d2_get_norm, norm)
-
-
 class _PaddedBackbone(Backbone):
     """A Backbone whose only padding constraint is ``size_divisibility`` (no square padding)."""
 
@@ -140,12 +86,11 @@ class _PaddedBackbone(Backbone):
         return {"size_divisibility": self.size_divisibility, "square_size": 0}
 
 
-@BACKBONE_REGISTRY.register()
 class D2DINOv3Backbone(_PaddedBackbone):
     """Frozen DINOv3 ViT + trainable ViT-Adapter as a detectron2 :class:`Backbone`.
 
-    Outputs ``res2..res5`` with ``embed_dim`` channels at strides 4, 8, 16, 32. The ViT is
-    frozen and stays in eval mode under ``.train()``; only the adapter is trainable.
+    Outputs ``res2..res5`` with ``embed_dim`` channels at strides 4, 8, 16, 32 (inputs multiples
+    of 32). The ViT is frozen and stays in eval mode under ``.train()``; only the adapter trains.
     """
 
     def __init__(
@@ -169,7 +114,9 @@ class D2DINOv3Backbone(_PaddedBackbone):
                 reproduced from a trainable-only checkpoint. Ignored when ``weights`` is given.
             vit_kwargs: overrides passed to ``build_dinov3`` (e.g. ``embed_dim``, ``depth``).
             interaction_indexes: ViT blocks read by the adapter; default: the preset's.
-            norm: adapter normalization, see :func:`resolve_adapter_norm`.
+            norm: adapter normalization: a name detectron2's ``get_norm`` accepts ("BN",
+                "SyncBN", "naiveSyncBN", "GN", ...) or ``"auto"``: synchronized BN when several
+                processes train ("SyncBN" with CUDA, "naiveSyncBN" on CPU/gloo), else "BN".
             adapter_kwargs: other :class:`DINOv3Adapter` keyword arguments (``n_points``,
                 ``deform_num_heads``, ``conv_inplane``, ``drop_path_rate``, ...).
         """
@@ -178,15 +125,15 @@ class D2DINOv3Backbone(_PaddedBackbone):
             if preset is None:
                 raise ValueError("interaction_indexes is required when preset is None")
             interaction_indexes = get_interaction_indexes(preset)
-        vit = build_frozen_vit(
-            preset=preset, weights=weights, init_seed=init_seed, vit_kwargs=vit_kwargs
-        )
-        self.adapter = DINOv3Adapter(
-            vit,
-            interaction_indexes=list(interaction_indexes),
-            norm=resolve_adapter_norm(norm),
-            **dict(adapter_kwargs or {}),
-        )
+        if norm == AUTO_NORM and comm.get_world_size() > 1:
+            norm = "SyncBN" if torch.cuda.is_available() else "naiveSyncBN"
+        elif norm == AUTO_NORM:
+            norm = "BN"
+        vit = build_frozen_vit(preset=preset, weights=weights, init_seed=init_seed,
+                               vit_kwargs=vit_kwargs)
+        self.adapter = DINOv3Adapter(vit, interaction_indexes=list(interaction_indexes),
+                                     norm=functools.partial(get_norm, norm),
+                                     **dict(adapter_kwargs or {}))
         self._out_features = list(self.adapter.out_strides)
         self._out_feature_strides = dict(self.adapter.out_strides)
         self._out_feature_channels = {k: self.adapter.out_channels for k in self._out_features}
@@ -197,13 +144,7 @@ class D2DINOv3Backbone(_PaddedBackbone):
         return self.adapter.backbone
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """
-        Args:
-            x: normalized images [B, 3, H, W], H and W multiples of 32.
-
-        Returns:
-            dict ``res2..res5`` -> [B, D, H/s, W/s].
-        """
+        """Normalized images [B, 3, H, W] (multiples of 32) -> ``res2..res5`` [B, D, H/s, W/s]."""
         return self.adapter(x)
 
     @property
@@ -211,7 +152,6 @@ class D2DINOv3Backbone(_PaddedBackbone):
         return SIZE_DIVISIBILITY
 
 
-@BACKBONE_REGISTRY.register()
 class D2DINOv3ViTBackbone(_PaddedBackbone):
     """Frozen DINOv3 ViT without adapter as a detectron2 :class:`Backbone` (linear probing).
 
@@ -230,37 +170,26 @@ class D2DINOv3ViTBackbone(_PaddedBackbone):
     ):
         """
         Args:
-            preset: DINOv3 preset name or None for a custom ViT described by ``vit_kwargs``.
-            weights: local DINOv3 weights (see :class:`D2DINOv3Backbone`); None = random init.
-            init_seed: seed of the random init when ``weights`` is None.
-            vit_kwargs: overrides passed to ``build_dinov3``.
+            preset, weights, init_seed, vit_kwargs: the ViT, as for :class:`D2DINOv3Backbone`.
             num_layers: number of last blocks returned (official linear heads: 1 or 4).
         """
         super().__init__()
-        self.vit = build_frozen_vit(
-            preset=preset, weights=weights, init_seed=init_seed, vit_kwargs=vit_kwargs
-        )
+        self.vit = build_frozen_vit(preset=preset, weights=weights, init_seed=init_seed,
+                                    vit_kwargs=vit_kwargs)
         if self.vit.patch_size != VIT_STRIDE:
-            raise ValueError(
-                f"vit_kwargs: patch_size must be {VIT_STRIDE}, got {self.vit.patch_size}"
-            )
+            raise ValueError(f"vit_kwargs: patch_size must be {VIT_STRIDE}, got {self.vit.patch_size}")
         if not 1 <= num_layers <= self.vit.n_blocks:
             raise ValueError(
                 f"num_layers must be in [1, {self.vit.n_blocks}] (the ViT depth), got {num_layers}"
             )
         self.num_layers = num_layers
-        self._out_features = vit_feature_names(num_layers)
-        self._out_feature_strides = {k: VIT_STRIDE for k in self._out_features}
-        self._out_feature_channels = {k: self.vit.embed_dim for k in self._out_features}
+        shapes = dinov3_vit_shape(channels=self.vit.embed_dim, num_layers=num_layers)
+        self._out_features = list(shapes)
+        self._out_feature_strides = {k: s.stride for k, s in shapes.items()}
+        self._out_feature_channels = {k: s.channels for k, s in shapes.items()}
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """
-        Args:
-            x: normalized images [B, 3, H, W], H and W multiples of 16.
-
-        Returns:
-            dict ``layer0..layer{N-1}`` -> [B, D, H/16, W/16].
-        """
+        """Normalized images [B, 3, H, W] (multiples of 16) -> ``layer*`` [B, D, H/16, W/16]."""
         grids = self.vit.get_intermediate_layers(x, n=self.num_layers, reshape=True, norm=True)
         return dict(zip(self._out_features, grids))
 

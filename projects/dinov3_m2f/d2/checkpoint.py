@@ -1,14 +1,11 @@
 """Checkpointing that leaves the frozen backbone out and never unpickles arbitrary objects.
 
-A frozen DINOv3 ViT (up to 7B parameters) is rebuilt from its own weights file (or from a seeded
-random init), so by default checkpoints hold only the trainable modules plus the
-optimizer/scheduler/trainer state. ``full=True`` stores everything. Loading accepts either kind.
-
-Modules frozen by the config (``train.trainable`` / ``train.freeze``) are NOT left out: their
-weights come from ``train.init_checkpoint`` and could not be rebuilt from the config alone, so
-``tools/train_net.py`` passes the frozen-by-construction prefixes (computed before the config
-freezes anything) as ``exclude_prefixes``. Every checkpoint thus restores the whole model when
-loaded into a fresh model built from the same config.
+A frozen DINOv3 ViT (up to 7B parameters) is rebuilt from its own weights file or seeded random
+init, so by default checkpoints hold only the trainable modules and the trainer state
+(``full=True`` stores everything; loading accepts either). Modules frozen by the config
+(``train.trainable`` / ``train.freeze``) are kept: ``tools/train_net.py`` passes the
+frozen-by-construction prefixes as ``exclude_prefixes``, so every checkpoint restores the whole
+model built from the same config.
 """
 import logging
 import os
@@ -17,6 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
+from dinov3_m2f.data.files import MAX_LISTED
 from dinov3_m2f.utils import atomic_open, atomic_torch_save, safe_torch_load
 
 logger = logging.getLogger(__name__)
@@ -27,17 +25,8 @@ SAFETENSORS_EXTENSION = ".safetensors"
 
 
 def frozen_state_prefixes(model: nn.Module) -> List[str]:
-    """Prefixes (with trailing dot) of the largest submodules whose parameters are all frozen.
-
-    Every state-dict key (parameter or buffer) under such a prefix belongs to the frozen part of
-    the model, e.g. ``["backbone.adapter.backbone."]`` for the DINOv3 ViT inside the adapter.
-
-    Args:
-        model: the (unwrapped) model.
-
-    Returns:
-        Sorted list of prefixes; empty when nothing is frozen.
-    """
+    """Sorted prefixes (with trailing dot) of the largest submodules of ``model`` whose
+    parameters are all frozen, e.g. ``["backbone.adapter.backbone."]`` for the DINOv3 ViT."""
     prefixes: List[str] = []
     for name, module in model.named_modules():
         if not name or any(name.startswith(p) for p in prefixes):
@@ -49,17 +38,11 @@ def frozen_state_prefixes(model: nn.Module) -> List[str]:
 
 
 class TrainableCheckpointer(DetectionCheckpointer):
-    """A :class:`DetectionCheckpointer` for models with a frozen backbone.
-
-    Differences from the parent:
-
-    * ``save`` stores only the state of trainable submodules unless ``full=True``; the file
-      records ``"checkpoint_kind"`` (``"trainable"`` or ``"full"``).
-    * files are written atomically (temporary file + rename), also ``last_checkpoint``.
-    * ``.pkl`` files are refused; ``.safetensors`` files are read with safetensors; everything
-      else with ``torch.load(weights_only=True)``.
-    * keys of the frozen part missing from a trainable-only checkpoint are expected and not
-      reported; missing trainable keys are.
+    """A :class:`DetectionCheckpointer` for models with a frozen backbone: ``save`` stores only
+    the trainable state unless ``full=True`` (the file records ``"checkpoint_kind"``); files and
+    ``last_checkpoint`` are written atomically; ``.pkl`` files are refused, ``.safetensors`` read
+    with safetensors, the rest with ``torch.load(weights_only=True)``; frozen keys missing from
+    a trainable-only checkpoint are expected, missing trainable keys are reported.
     """
 
     def __init__(
@@ -98,12 +81,7 @@ class TrainableCheckpointer(DetectionCheckpointer):
         return tuple(self.exclude_prefixes)
 
     def save(self, name: str, **kwargs: Any) -> None:
-        """Save ``{save_dir}/{name}.pth`` atomically.
-
-        Args:
-            name: file name without extension.
-            kwargs: extra data stored in the file (e.g. ``iteration``).
-        """
+        """Save ``{save_dir}/{name}.pth`` atomically, with extra data ``kwargs`` (``iteration``)."""
         if not self.save_dir or not self.save_to_disk:
             return
         state = self.model.state_dict()
@@ -152,9 +130,8 @@ class TrainableCheckpointer(DetectionCheckpointer):
         return loaded
 
     def _load_model(self, checkpoint: Dict[str, Any]):
-        kind = checkpoint.pop("checkpoint_kind", "full")
         incompatible = super()._load_model(checkpoint)
-        if kind == "trainable":
+        if checkpoint.get("checkpoint_kind") == "trainable":
             frozen = self._frozen_prefixes()
             incompatible.missing_keys[:] = [
                 k for k in incompatible.missing_keys if not k.startswith(frozen)
@@ -162,8 +139,8 @@ class TrainableCheckpointer(DetectionCheckpointer):
         if self.strict and any(incompatible):
             raise RuntimeError(
                 "Checkpoint does not match the model: "
-                f"missing={incompatible.missing_keys[:10]}, "
-                f"unexpected={incompatible.unexpected_keys[:10]}, "
-                f"wrong shapes={incompatible.incorrect_shapes[:10]}"
+                f"missing={incompatible.missing_keys[:MAX_LISTED]}, "
+                f"unexpected={incompatible.unexpected_keys[:MAX_LISTED]}, "
+                f"wrong shapes={incompatible.incorrect_shapes[:MAX_LISTED]}"
             )
         return incompatible

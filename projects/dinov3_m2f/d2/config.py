@@ -59,15 +59,8 @@ def check_override_keys(cfg: DictConfig, overrides: Sequence[str], *, source: st
 
 
 def load_config(config_file: str, *, overrides: Sequence[str] = ()) -> DictConfig:
-    """Load a LazyConfig file and apply ``key=value`` overrides, rejecting unknown keys.
-
-    Args:
-        config_file: path of the LazyConfig ``.py`` file.
-        overrides: ``key=value`` strings; see :func:`check_override_keys`.
-
-    Returns:
-        The config with the overrides applied.
-    """
+    """Load a LazyConfig file and apply ``key=value`` overrides (see
+    :func:`check_override_keys`: unknown keys are rejected)."""
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"config_file {config_file} does not exist")
     cfg = LazyConfig.load(config_file)

@@ -1,59 +1,47 @@
-"""Evaluation that skips unreadable files instead of aborting the whole run.
-
-Training must stop on a corrupt file (see :class:`~dinov3_m2f.d2.mapper.SemSegDatasetMapper`), but
-one corrupt image among thousands of validation images should not throw away an evaluation. Two
-pieces, used together in a LazyConfig::
-
-    dataloader.test = L(build_sem_seg_test_loader)(dataset=..., mapper=L(SemSegDatasetMapper)(...))
-    dataloader.evaluator = L(SkippingSemSegEvaluator)(dataset_name=..., sem_seg_loading_fn=...)
-
-* :func:`build_sem_seg_test_loader` is detectron2's test loader whose mapper turns an
-  :class:`~dinov3_m2f.d2.mapper.UnreadableImageError` into a warning naming the file, and whose
-  batches leave that image out: the model and the evaluator never see it.
-* :class:`SkippingSemSegEvaluator` is detectron2's ``SemSegEvaluator`` that skips, with a warning
-  naming the file, an image whose ground-truth mask is missing or does not decode; the image is
-  not counted in any metric. Masks that decode but are wrong (multi-channel, labels out of range)
-  still raise: those are configuration errors that would otherwise skip every image.
+"""Semantic-segmentation evaluation: the ground truth read as training reads it, and unreadable
+files skipped with a warning naming them (training stops on them; one corrupt image among
+thousands should not throw away an evaluation). :func:`build_sem_seg_test_loader` leaves out an
+image that raises ``UnreadableImageError``; :class:`SkippingSemSegEvaluator` one whose mask is
+missing or does not decode. Masks that decode but are wrong (multi-channel, labels out of range)
+still raise: those are configuration errors that would otherwise skip every image.
 """
+import functools
 import logging
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch.utils.data as torchdata
-from detectron2.data import build_detection_test_loader
+from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
 from detectron2.evaluation import SemSegEvaluator
+
+from dinov3_m2f.data.files import MAX_LISTED
+from dinov3_m2f.data.io import read_label_mask
 
 from .mapper import UnreadableImageError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SkipUnreadableImages", "SkippingSemSegEvaluator", "build_sem_seg_test_loader", "drop_unreadable"]
+__all__ = [
+    "SemSegGroundTruthLoader",
+    "SkippingSemSegEvaluator",
+    "UnreadableGroundTruthError",
+    "build_sem_seg_test_loader",
+]
 
 # Key of the placeholder record that stands for an image that could not be read.
 UNREADABLE_KEY = "unreadable"
-# How many skipped files the end-of-evaluation summary names.
-_MAX_LISTED = 10
 
 
-class SkipUnreadableImages:
-    """Wraps a test mapper: an unreadable image becomes a placeholder record and a warning.
-
-    Args:
-        mapper: the dataset mapper (raises :class:`UnreadableImageError` for a bad image).
-    """
-
-    def __init__(self, mapper: Callable[[Dict], Dict]):
-        self.mapper = mapper
-
-    def __call__(self, dataset_dict: Dict) -> Dict:
-        try:
-            return self.mapper(dataset_dict)
-        except UnreadableImageError as e:
-            logger.warning("Skipping %s in evaluation: %s", e.path, e)
-            return {"file_name": e.path, UNREADABLE_KEY: str(e)}
+def _map_or_skip(mapper: Callable[[Dict], Dict], dataset_dict: Dict) -> Dict:
+    """``mapper(dataset_dict)``, or a placeholder record and a warning for an unreadable image."""
+    try:
+        return mapper(dataset_dict)
+    except UnreadableImageError as e:
+        logger.warning("Skipping %s in evaluation: %s", e.path, e)
+        return {"file_name": e.path, UNREADABLE_KEY: str(e)}
 
 
-def drop_unreadable(batch: List[Dict]) -> List[Dict]:
+def _drop_unreadable(batch: List[Dict]) -> List[Dict]:
     """Collate function: the batch as a list, without the placeholders of unreadable images."""
     return [record for record in batch if UNREADABLE_KEY not in record]
 
@@ -66,67 +54,60 @@ def build_sem_seg_test_loader(
     batch_size: int = 1,
     num_workers: int = 0,
 ) -> torchdata.DataLoader:
-    """detectron2's ``build_detection_test_loader`` that skips unreadable images with a warning.
-
-    Batches that consisted only of unreadable images arrive as empty lists; the model returns no
-    output for them and the evaluator counts nothing.
-
-    Args:
-        dataset: dataset dicts (a list) or a torch dataset.
-        mapper: the test mapper.
-        sampler: index sampler (default: detectron2's InferenceSampler).
-        batch_size: images per batch.
-        num_workers: data loading worker processes.
-
-    Returns:
-        The data loader.
-    """
+    """detectron2's ``build_detection_test_loader`` (same arguments) that skips unreadable
+    images with a warning; a batch of only unreadable images arrives as an empty list."""
     return build_detection_test_loader(
-        dataset,
-        mapper=SkipUnreadableImages(mapper),
-        sampler=sampler,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=drop_unreadable,
+        dataset, mapper=functools.partial(_map_or_skip, mapper), sampler=sampler,
+        batch_size=batch_size, num_workers=num_workers, collate_fn=_drop_unreadable,
     )
 
 
-class _UnreadableGroundTruth(Exception):
-    """Raised by :class:`_GroundTruthReader` for a mask file that is missing or does not decode."""
+class UnreadableGroundTruthError(ValueError):
+    """A ground-truth mask file is missing or does not decode."""
 
 
-def _is_unreadable(error: BaseException) -> bool:
-    """Whether ``error`` means the file is missing or does not decode (an OSError, possibly
-    re-raised as another type by a reader that adds the file name)."""
-    return isinstance(error, OSError) or isinstance(error.__cause__, OSError)
+class SemSegGroundTruthLoader:
+    """``SemSegEvaluator(sem_seg_loading_fn=...)`` that reads a registered dataset's masks as
+    training does (its ``label_map``, e.g. LoveDA's 1..7 as 0..6 and 0 as 255, and checks).
 
+    Args:
+        dataset_name: registered dataset name.
+    """
 
-class _GroundTruthReader:
-    """Wraps a ground-truth loading function; unreadable files raise ``_UnreadableGroundTruth``."""
-
-    def __init__(self, load: Callable[..., np.ndarray]):
-        self.load = load
+    def __init__(self, dataset_name: str):
+        if dataset_name not in DatasetCatalog.list():
+            raise ValueError(f"dataset {dataset_name!r} is not registered")
+        metadata = MetadataCatalog.get(dataset_name)
+        self.label_map = metadata.get("label_map")
+        self.num_classes = len(metadata.stuff_classes)
+        self.ignore_label = metadata.ignore_label
 
     def __call__(self, filename: str, dtype=int) -> np.ndarray:
+        """Returns the mask [H, W] with class ids and ``ignore_label``, as ``dtype``.
+
+        Raises:
+            UnreadableGroundTruthError: the file is missing or does not decode.
+            ValueError: the mask decodes but is wrong (channels, label values).
+        """
         try:
-            return self.load(filename, dtype=dtype)
+            labels = read_label_mask(filename, label_map=self.label_map,
+                                     num_classes=self.num_classes, ignore_value=self.ignore_label)
         except (OSError, ValueError) as e:
-            if _is_unreadable(e):
-                raise _UnreadableGroundTruth(f"ground-truth mask {filename}: {e}") from e
+            # the reader names the file and re-raises decoding failures as ValueError
+            if isinstance(e, OSError) or isinstance(e.__cause__, OSError):
+                raise UnreadableGroundTruthError(f"ground-truth mask {filename}: {e}") from e
             raise
+        return labels.astype(dtype)
 
 
 class SkippingSemSegEvaluator(SemSegEvaluator):
-    """``SemSegEvaluator`` that skips images whose ground-truth mask cannot be read.
+    """``SemSegEvaluator`` (same arguments but ``sem_seg_loading_fn``) reading the ground truth
+    with :class:`SemSegGroundTruthLoader`; an image whose mask cannot be read is logged, listed
+    in :attr:`skipped` and left out of every metric."""
 
-    Takes the arguments of ``SemSegEvaluator``. A skipped image is logged with its file name,
-    counted in :attr:`skipped` and left out of every metric; the other images are evaluated as
-    usual.
-    """
-
-    def __init__(self, dataset_name: str, *args, **kwargs):
-        super().__init__(dataset_name, *args, **kwargs)
-        self.sem_seg_loading_fn = _GroundTruthReader(self.sem_seg_loading_fn)
+    def __init__(self, dataset_name: str, **kwargs):
+        loader = SemSegGroundTruthLoader(dataset_name)
+        super().__init__(dataset_name, sem_seg_loading_fn=loader, **kwargs)
         self.skipped: List[str] = []
 
     def reset(self) -> None:
@@ -134,23 +115,19 @@ class SkippingSemSegEvaluator(SemSegEvaluator):
         self.skipped = []
 
     def process(self, inputs: List[Dict], outputs: List[Dict]) -> None:
-        """Evaluate each (input, output) pair; pairs with an unreadable mask are skipped.
-
-        The mask is read before the pair touches any metric state, so a skipped pair leaves no
-        trace in the confusion matrix.
-        """
+        """Evaluate pair by pair: the mask is read before the pair touches any metric state, so
+        a skipped pair leaves no trace in the confusion matrix."""
         for single_input, single_output in zip(inputs, outputs):
             try:
                 super().process([single_input], [single_output])
-            except _UnreadableGroundTruth as e:
+            except UnreadableGroundTruthError as e:
                 logger.warning("Skipping %s in evaluation: %s", single_input["file_name"], e)
                 self.skipped.append(single_input["file_name"])
 
     def evaluate(self):
         if self.skipped:
-            shown = ", ".join(self.skipped[:_MAX_LISTED])
             logger.warning(
                 "%d images were skipped on this process because their ground truth could not be "
-                "read: %s", len(self.skipped), shown,
+                "read: %s", len(self.skipped), ", ".join(self.skipped[:MAX_LISTED]),
             )
         return super().evaluate()

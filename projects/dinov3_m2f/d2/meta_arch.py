@@ -1,12 +1,11 @@
-"""Detectron2 meta-architectures on a frozen DINOv3 backbone: the shared semantic-segmentation base
-(input normalization, padding, whole-image / sliding-window / TTA inference, resizing to the
-original size) and the Mask2Former model built on it."""
-import logging
+"""Detectron2 meta-architectures for semantic segmentation on a frozen DINOv3 backbone: a shared
+base (input dicts, normalization, the one place where images and label maps are padded, loss
+weighting, test modes), Mask2Former (set prediction) and per-pixel heads (UPerNet, linear)."""
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from detectron2.modeling import META_ARCH_REGISTRY, Backbone
+from detectron2.modeling import Backbone
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from torch import nn
@@ -15,9 +14,7 @@ from dinov3_m2f.modeling.dinov3 import get_normalization
 from dinov3_m2f.modeling.semantic_inference import semantic_probs, slide_inference, tta_inference
 from dinov3_m2f.modeling.targets import prepare_targets
 
-logger = logging.getLogger(__name__)
-
-__all__ = ["DINOv3Mask2Former", "DINOv3SemSegBase"]
+__all__ = ["DINOv3Mask2Former", "DINOv3PixelSegmentor", "DINOv3SemSegBase"]
 
 TEST_MODES = ("whole", "slide", "tta")
 # Images come as 0..255 pixel values; the normalization presets hold mean/std on the 0..1 scale.
@@ -27,12 +24,13 @@ PIXEL_SCALE = 255.0
 class DINOv3SemSegBase(nn.Module):
     """Shared part of the semantic-segmentation meta-architectures.
 
-    Subclasses implement ``_forward_train(batched_inputs) -> losses`` and
-    ``_predict_scores(images) -> [B, C, h, w]`` class probabilities for normalized images whose size
-    meets the backbone's padding constraint, with ``backbone``, ``sem_seg_head`` and ``criterion``.
-    This class handles the detectron2 input dicts (``"image"`` [3, H, W] RGB 0..255,
-    ``"sem_seg"`` [H, W] int64, optional ``"height"``/``"width"``), normalization, padding and the
-    test modes; inference returns ``[{"sem_seg": [C, height, width] scores}]``.
+    Input: detectron2 dicts with ``"image"`` ([3, H, W] RGB, 0..255), in training ``"sem_seg"``
+    ([H, W] int64, ``ignore_value`` = no label), optionally ``"height"``/``"width"``. Training
+    returns the criterion's losses times its ``weight_dict``; inference returns
+    ``[{"sem_seg": [C, height, width] scores}]`` (default size: the input's).
+
+    Subclasses implement ``_losses(images [B, 3, H, W], labels [B, H, W])`` (unweighted) and
+    ``_predict_scores(images) -> [B, C, h, w]``, for normalized, constraint-sized images.
     """
 
     def __init__(
@@ -54,7 +52,7 @@ class DINOv3SemSegBase(nn.Module):
         Args:
             backbone: a detectron2 Backbone with ``padding_constraints``.
             sem_seg_head: the decode head on the backbone features.
-            criterion: the training loss of the head's outputs.
+            criterion: the loss of the head's outputs: unweighted losses, and ``weight_dict``.
             num_classes: number of semantic classes C.
             normalization: weight family whose pixel mean/std normalize the input
                 (a key of ``dinov3_m2f.modeling.dinov3.NORMALIZATION``: "lvd1689m", "sat493m").
@@ -62,13 +60,13 @@ class DINOv3SemSegBase(nn.Module):
             test_mode: "whole" (padded full image), "slide" (windows of ``slide_crop_size``
                 every ``slide_stride``) or "tta" (``tta_scales`` x ``tta_flip`` views; each view
                 is predicted by sliding windows when ``slide_crop_size`` is set, else whole).
-            slide_crop_size: (h, w) sliding-window size.
-            slide_stride: (h, w) sliding-window stride.
-            tta_scales: TTA resize ratios.
-            tta_flip: add horizontally flipped TTA views.
+            slide_crop_size, slide_stride: (h, w) sliding-window size and stride.
+            tta_scales, tta_flip: TTA resize ratios; add horizontally flipped views.
         """
         super().__init__()
         mean, std = get_normalization(normalization)
+        if not hasattr(criterion, "weight_dict"):
+            raise TypeError("criterion must have a weight_dict (the weight of each loss)")
         if test_mode not in TEST_MODES:
             raise ValueError(f"test_mode={test_mode!r} is not one of {TEST_MODES}")
         if test_mode == "slide" and (slide_crop_size is None or slide_stride is None):
@@ -86,12 +84,9 @@ class DINOv3SemSegBase(nn.Module):
         self.tta_scales = tuple(tta_scales)
         self.tta_flip = tta_flip
         # Derived from the config, so not stored in checkpoints.
-        self.register_buffer(
-            "pixel_mean", torch.tensor(mean).view(-1, 1, 1) * PIXEL_SCALE, persistent=False
-        )
-        self.register_buffer(
-            "pixel_std", torch.tensor(std).view(-1, 1, 1) * PIXEL_SCALE, persistent=False
-        )
+        mean, std = (torch.tensor(v).view(-1, 1, 1) * PIXEL_SCALE for v in (mean, std))  # [3, 1, 1]
+        self.register_buffer("pixel_mean", mean, persistent=False)
+        self.register_buffer("pixel_std", std, persistent=False)
 
     @property
     def device(self) -> torch.device:
@@ -105,54 +100,45 @@ class DINOv3SemSegBase(nn.Module):
         return (image.to(self.device).float() - self.pixel_mean) / self.pixel_std  # [3, H, W]
 
     def forward(self, batched_inputs: List[Dict]) -> object:
-        """
-        Args:
-            batched_inputs: detectron2 dicts, see the class docstring.
+        """Weighted losses (training) or ``[{"sem_seg": [C, H, W]}]`` (inference) of detectron2
+        dicts (see the class docstring)."""
+        if not self.training:
+            return [self._inference_one(x) for x in batched_inputs]
+        images, labels = self._training_batch(batched_inputs)
+        weights = self.criterion.weight_dict
+        return {name: loss * weights[name] for name, loss in self._losses(images, labels).items()}
 
-        Returns:
-            training: dict of weighted losses; inference: list of ``{"sem_seg": [C, H, W]}``.
-        """
-        if self.training:
-            return self._forward_train(batched_inputs)
-        return [self._inference_one(x) for x in batched_inputs]
+    def _pad(self, tensors: List[torch.Tensor], pad_value: float) -> torch.Tensor:
+        """Pad at the bottom/right to one size that meets the backbone's padding constraint."""
+        return ImageList.from_tensors(tensors, self.size_divisibility, pad_value=pad_value,
+                                      padding_constraints=self.backbone.padding_constraints).tensor
 
-    def _forward_train(self, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor]:
-        raise NotImplementedError
-
-    def _predict_scores(self, images: torch.Tensor) -> torch.Tensor:
-        """Class probabilities [B, C, h, w] for normalized, constraint-sized images [B, 3, h, w]."""
-        raise NotImplementedError
-
-    def _training_batch(self, batched_inputs: List[Dict]) -> Tuple[ImageList, List[torch.Tensor]]:
-        """Normalized, padded images and the label maps (on the model's device) of a batch."""
-        if any("sem_seg" not in x for x in batched_inputs):
-            raise ValueError("training inputs need a 'sem_seg' label map")
-        images = ImageList.from_tensors(
-            [self._normalize(x["image"]) for x in batched_inputs],
-            self.size_divisibility,
-            padding_constraints=self.backbone.padding_constraints,
-        )
-        return images, [x["sem_seg"].to(self.device) for x in batched_inputs]
+    def _training_batch(self, batched_inputs: List[Dict]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Normalized images [B, 3, H, W] and label maps [B, H, W] padded with ``ignore_value``."""
+        for x in batched_inputs:
+            if "sem_seg" not in x:
+                raise ValueError("training inputs need a 'sem_seg' label map")
+            if x["sem_seg"].shape[-2:] != x["image"].shape[-2:]:
+                raise ValueError(
+                    f"'sem_seg' of size {tuple(x['sem_seg'].shape)} does not match its 'image' of "
+                    f"size {tuple(x['image'].shape[-2:])} ({x.get('file_name', 'no file name')})"
+                )
+        images = self._pad([self._normalize(x["image"]) for x in batched_inputs], 0.0)
+        labels = self._pad([x["sem_seg"].to(self.device) for x in batched_inputs], self.ignore_value)
+        return images, labels
 
     def _predict_padded(self, images: torch.Tensor) -> torch.Tensor:
         """Class scores [B, C, h, w] for normalized images [B, 3, h, w] of any size."""
         height, width = images.shape[-2:]
-        div = self.size_divisibility
-        pad_h, pad_w = -height % div, -width % div
-        padded = F.pad(images, (0, pad_w, 0, pad_h))  # [B, 3, h + pad_h, w + pad_w]
+        padded = self._pad(list(images), 0.0)  # [B, 3, h', w'], h' and w' divisible
         return self._predict_scores(padded)[:, :, :height, :width]
 
     def _predict_view(self, images: torch.Tensor) -> torch.Tensor:
         """One view: sliding windows when configured, else the padded whole image."""
         if self.slide_crop_size is None:
             return self._predict_padded(images)
-        return slide_inference(
-            self._predict_padded,
-            images,
-            crop_size=self.slide_crop_size,
-            stride=self.slide_stride,
-            num_classes=self.num_classes,
-        )
+        return slide_inference(self._predict_padded, images, crop_size=self.slide_crop_size,
+                               stride=self.slide_stride, num_classes=self.num_classes)
 
     def _inference_one(self, inputs: Dict) -> Dict[str, torch.Tensor]:
         image = self._normalize(inputs["image"])[None]  # [1, 3, H, W]
@@ -162,69 +148,61 @@ class DINOv3SemSegBase(nn.Module):
         elif self.test_mode == "slide":
             scores = self._predict_view(image)
         else:
-            scores = tta_inference(
-                self._predict_view,
-                image,
-                scales=self.tta_scales,
-                flip=self.tta_flip,
-                size_divisibility=self.size_divisibility,
-            )
-        out_h = inputs.get("height", height)
-        out_w = inputs.get("width", width)
-        return {"sem_seg": sem_seg_postprocess(scores[0], (height, width), out_h, out_w)}
+            scores = tta_inference(self._predict_view, image, scales=self.tta_scales,
+                                   flip=self.tta_flip, size_divisibility=self.size_divisibility)
+        out_size = inputs.get("height", height), inputs.get("width", width)
+        return {"sem_seg": sem_seg_postprocess(scores[0], (height, width), *out_size)}
 
 
-@META_ARCH_REGISTRY.register()
 class DINOv3Mask2Former(DINOv3SemSegBase):
-    """Mask2Former for semantic segmentation on a frozen DINOv3 backbone.
+    """Mask2Former for semantic segmentation: ``D2DINOv3Backbone``, ``Mask2FormerHead`` and
+    ``SetCriterion``; arguments, inputs and outputs of :class:`DINOv3SemSegBase`."""
 
-    Training input: detectron2 dicts with ``"image"`` ([3, H, W] RGB, 0..255) and ``"sem_seg"``
-    ([H, W] int64, ``ignore_value`` = no label). Returns the weighted losses.
-    Inference output: ``[{"sem_seg": [C, height, width] scores}]`` at the size given by the
-    dict's ``"height"``/``"width"`` (default: the input size).
-    """
-
-    def __init__(
-        self,
-        *,
-        backbone: Backbone,
-        sem_seg_head: nn.Module,
-        criterion: nn.Module,
-        num_classes: int,
-        **kwargs,
-    ):
-        """
-        Args:
-            backbone: a detectron2 Backbone returning ``res2..res5`` (``D2DINOv3Backbone``).
-            sem_seg_head: module mapping the features to ``{"pred_logits", "pred_masks",
-                "aux_outputs"}`` (``Mask2FormerHead``).
-            criterion: ``SetCriterion``; its ``weight_dict`` weights the returned losses.
-            num_classes: number of semantic classes C.
-            kwargs: normalization, ignore value and test-mode arguments of
-                :class:`DINOv3SemSegBase`.
-        """
-        if not hasattr(criterion, "weight_dict"):
-            raise TypeError("criterion must have a weight_dict (e.g. SetCriterion)")
-        super().__init__(
-            backbone=backbone, sem_seg_head=sem_seg_head, criterion=criterion,
-            num_classes=num_classes, **kwargs,
-        )
-
-    def _forward_train(self, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor]:
-        images, sem_segs = self._training_batch(batched_inputs)
-        outputs = self.sem_seg_head(self.backbone(images.tensor))
-        targets = prepare_targets(
-            sem_segs,
-            num_classes=self.num_classes,
-            ignore_value=self.ignore_value,
-            padded_size=tuple(images.tensor.shape[-2:]),
-        )
-        losses = self.criterion(outputs, targets)
-        weights = self.criterion.weight_dict
-        return {name: loss * weights[name] for name, loss in losses.items()}
+    def _losses(self, images: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
+        outputs = self.sem_seg_head(self.backbone(images))
+        targets = prepare_targets(labels, num_classes=self.num_classes, ignore_value=self.ignore_value)
+        return self.criterion(outputs, targets)
 
     def _predict_scores(self, images: torch.Tensor) -> torch.Tensor:
         outputs = self.sem_seg_head(self.backbone(images))
         return semantic_probs(
             outputs["pred_logits"], outputs["pred_masks"], output_size=tuple(images.shape[-2:])
         )  # [B, C, h, w]
+
+
+class DINOv3PixelSegmentor(DINOv3SemSegBase):
+    """Backbone features -> per-pixel logits head -> per-pixel loss (``PixelSegmentationLoss``).
+
+    The head gets the features named by ``in_features`` as a list and returns logits
+    ``[B, C, h, w]`` at any resolution (UPerNet: stride 4; linear: stride 16), resized bilinearly
+    to the input. Other arguments, inputs and outputs: see :class:`DINOv3SemSegBase`.
+    """
+
+    def __init__(self, *, in_features: Optional[Sequence[str]] = None, **kwargs):
+        """
+        Args:
+            in_features: backbone outputs fed to the head, in order; None = all of them.
+            kwargs: the arguments of :class:`DINOv3SemSegBase`.
+        """
+        super().__init__(**kwargs)
+        available = list(self.backbone.output_shape())
+        in_features = list(in_features) if in_features is not None else available
+        unknown = [name for name in in_features if name not in available]
+        if unknown or not in_features:
+            raise ValueError(
+                f"in_features={in_features} must be a non-empty subset of the backbone outputs "
+                f"{available} (unknown: {unknown})"
+            )
+        self.in_features = in_features
+
+    def _logits(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.backbone(images)
+        return self.sem_seg_head([features[name] for name in self.in_features])  # [B, C, h, w]
+
+    def _losses(self, images: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return self.criterion(self._logits(images), labels)
+
+    def _predict_scores(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self._logits(images).float()  # [B, C, h, w]
+        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return logits.softmax(dim=1)

@@ -1,14 +1,12 @@
-"""A small inference API: config file + checkpoint -> label maps, without a Detectron2 config in
-the caller's script.
-
-Example::
+"""A small inference API: config file + checkpoint -> label maps. Example::
 
     from dinov3_m2f.d2.predictor import SemSegPredictor
 
     predictor = SemSegPredictor.from_config(
         "configs/loveda/m2f_vitl16_sat493m_512.py",
         checkpoint="output/loveda/model_final.pth",
-        overrides=["model.backbone.weights=checkpoints/dinov3_vitl16_pretrain_sat493m.pth"],
+        overrides=["model.backbone.weights=checkpoints/dinov3_vitl16_pretrain_sat493m.pth",
+                   "model.test_mode=tta"],  # optional: the config's test mode otherwise
     )
     labels = predictor("tile.png")                      # [H, W] int64 class ids
     labels, probs = predictor(rgb_array, return_probs=True)  # probs: [C, H, W] float32
@@ -27,11 +25,10 @@ from detectron2.data.catalog import Metadata
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from .checkpoint import SAFETENSORS_EXTENSION, TrainableCheckpointer
+from .checkpoint import TrainableCheckpointer
 from .config import load_config
-from .datasets import register_all
-from .engine import AMP_DTYPES, resolve_device
 from .mapper import read_image_or_raise
+from .trainer import AMP_DTYPES, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -43,14 +40,13 @@ _UINT8_CHANNELS = 3
 
 
 def _test_dataset_name(cfg: DictConfig) -> str:
-    """The first dataset of ``cfg.dataloader.test`` (registering datasets as needed)."""
+    """The first dataset of ``cfg.dataloader.test``."""
     names = OmegaConf.select(cfg, "dataloader.test.dataset.names", default=None)
     if names is None:
         raise ValueError(
             "the config has no dataloader.test.dataset.names; the predictor takes its class "
             "names from that dataset's metadata"
         )
-    register_all()
     # A folder config registers its dataset through a LazyCall that returns the name.
     names = instantiate(names)
     if not isinstance(names, str):
@@ -69,26 +65,13 @@ def _resolve_autocast(autocast: str, cfg: DictConfig, device: torch.device) -> O
     return None if autocast == "none" else AMP_DTYPES[autocast]
 
 
-def _checkpoint_kind(path: str) -> str:
-    """``"trainable"`` or ``"full"`` as recorded by TrainableCheckpointer (memory-mapped peek)."""
-    if path.endswith(SAFETENSORS_EXTENSION):
-        return "full"
-    data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    return data.get("checkpoint_kind", "full") if isinstance(data, dict) else "full"
-
-
 class SemSegPredictor:
-    """Runs a semantic segmentation model on single RGB images.
-
-    Images go through the test-time resize of ``cfg.dataloader.test.mapper`` (when the config
-    has one) and the model's own test mode (whole image, sliding windows or TTA); results are
-    returned at the input image size.
+    """Runs a semantic segmentation model on single RGB images: the test-time resize of
+    ``cfg.dataloader.test.mapper``, the model's test mode, results at the input image size.
 
     Attributes:
-        model: the model in eval mode.
-        metadata: detectron2 metadata of the test dataset (``stuff_classes``, ``stuff_colors``).
-        class_names: ``metadata.stuff_classes``.
-        device: where the model runs.
+        model, device: the model (in eval mode) and where it runs.
+        metadata, class_names: the test dataset's metadata and its ``stuff_classes``.
     """
 
     def __init__(
@@ -101,8 +84,7 @@ class SemSegPredictor:
     ):
         """
         Args:
-            model: a model taking detectron2 dicts and returning ``[{"sem_seg": [C, H, W]}]``
-                in eval mode (``DINOv3Mask2Former``); it is put in eval mode.
+            model: a model returning ``[{"sem_seg": [C, H, W]}]`` in eval mode; put in eval mode.
             metadata: dataset metadata with ``stuff_classes`` (and ``stuff_colors`` for drawing).
             augmentations: test-time transforms applied to the image before the model.
             autocast_dtype: run the model under autocast with this dtype; None = float32.
@@ -123,64 +105,38 @@ class SemSegPredictor:
         overrides: Sequence[str] = (),
         device: str = "auto",
         autocast: str = "auto",
-        test_mode: Optional[str] = None,
-        slide_crop_size: Optional[Tuple[int, int]] = None,
-        slide_stride: Optional[Tuple[int, int]] = None,
-        tta_scales: Optional[Sequence[float]] = None,
-        tta_flip: Optional[bool] = None,
     ) -> "SemSegPredictor":
         """Build ``cfg.model``, load a checkpoint strictly and return a predictor.
 
         Args:
             config_file: LazyConfig file (e.g. ``configs/synthetic/m2f_tiny_synthetic.py``).
-            checkpoint: a TrainableCheckpointer file (trainable-only or full ``.pth``) or a
-                ``.safetensors`` state dict. A trainable-only checkpoint needs the frozen ViT
-                from ``model.backbone.weights`` (or its seeded random init ``init_seed``).
-            overrides: ``key=value`` config overrides, e.g. ``model.backbone.weights=<file>``.
+            checkpoint: a trainable-only or full ``.pth`` of TrainableCheckpointer, or a
+                ``.safetensors`` state dict; trainable-only needs ``model.backbone.weights`` (or
+                ``init_seed``) for the frozen ViT.
+            overrides: ``key=value`` config overrides, e.g. ``model.backbone.weights=<file>``,
+                ``model.test_mode=slide``, ``model.slide_crop_size=[512,512]``,
+                ``model.slide_stride=[341,341]``, ``model.tta_scales=[0.75,1.0]``.
             device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:<i>".
             autocast: "auto" (``cfg.train.amp`` on CUDA, float32 on CPU), "none", "bfloat16"
                 or "float16".
-            test_mode: override ``model.test_mode`` ("whole", "slide", "tta").
-            slide_crop_size: override ``model.slide_crop_size`` (h, w).
-            slide_stride: override ``model.slide_stride`` (h, w).
-            tta_scales: override ``model.tta_scales``.
-            tta_flip: override ``model.tta_flip``.
-
-        Returns:
-            The predictor.
         """
         if not isinstance(checkpoint, str) or not os.path.isfile(checkpoint):
             raise FileNotFoundError(f"checkpoint {checkpoint!r} is not a file")
         cfg = load_config(config_file, overrides=overrides)
-        test_settings = {
-            "test_mode": test_mode,
-            "slide_crop_size": slide_crop_size,
-            "slide_stride": slide_stride,
-            "tta_scales": tta_scales,
-            "tta_flip": tta_flip,
-        }
-        for key, value in test_settings.items():
-            if value is not None:
-                cfg.model[key] = list(value) if isinstance(value, (tuple, list)) else value
-
-        backbone = cfg.model.backbone
-        if (
-            _checkpoint_kind(checkpoint) == "trainable"
-            and not backbone.get("weights")
-            and backbone.get("init_seed") is None
-        ):
-            raise ValueError(
-                f"checkpoint {checkpoint} holds only the trainable weights, but the config gives "
-                "the frozen ViT neither weights (model.backbone.weights) nor init_seed; pass the "
-                "backbone weights or use a full checkpoint"
-            )
         metadata = MetadataCatalog.get(_test_dataset_name(cfg))
         mapper = OmegaConf.select(cfg, "dataloader.test.mapper", default=None)
         augmentations = instantiate(mapper.augmentations) if mapper is not None else []
 
         resolved_device = resolve_device(device)
         model = instantiate(cfg.model).to(resolved_device)
-        TrainableCheckpointer(model, strict=True).load(checkpoint)
+        kind = TrainableCheckpointer(model, strict=True).load(checkpoint).get("checkpoint_kind")
+        backbone = cfg.model.backbone
+        if kind == "trainable" and not backbone.get("weights") and backbone.get("init_seed") is None:
+            raise ValueError(
+                f"checkpoint {checkpoint} holds only the trainable weights, but the config gives "
+                "the frozen ViT neither weights (model.backbone.weights) nor init_seed; pass the "
+                "backbone weights or use a full checkpoint"
+            )
         logger.info(
             "SemSegPredictor: %s with %s on %s (test_mode=%s)",
             config_file, checkpoint, resolved_device, getattr(model, "test_mode", "n/a"),
@@ -206,16 +162,11 @@ class SemSegPredictor:
     def __call__(
         self, image: Union[np.ndarray, str], *, return_probs: bool = False
     ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
-        """Segment one image.
-
-        Args:
-            image: RGB uint8 array [H, W, 3] or an image file path.
-            return_probs: also return the per-class scores.
+        """Segment one image (RGB uint8 array [H, W, 3] or file path).
 
         Returns:
-            labels: int64 [H, W] class ids (argmax of the scores). With ``return_probs``, also
-            probs: float32 [C, H, W], the model's semantic scores (Mask2Former: sum over queries
-            of class probability x mask probability; not normalized to sum to 1).
+            labels: int64 [H, W] class ids. With ``return_probs``, also probs: float32
+            [C, H, W], the model's scores (Mask2Former: not normalized to sum to 1).
         """
         original = self._as_image(image)
         height, width = original.shape[:2]

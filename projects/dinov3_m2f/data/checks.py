@@ -1,42 +1,78 @@
 """Checking a semantic segmentation dataset before training (no detectron2).
 
-:func:`check_dataset` reads every image and mask of a list of dataset dicts (``file_name`` and,
-when labelled, ``sem_seg_file_name``) and collects every problem instead of stopping at the first:
-unreadable files, multi-channel (RGB/RGBA) masks, image/mask size mismatches and label values that
-are neither a class id nor the ignore value (after the dataset's ``label_map``). It also counts the
-pixels of every class. Masks are read with :mod:`dinov3_m2f.data.io`, so the checks and their
-messages are the ones training and evaluation apply.
+:func:`check_sample` owns every per-file check of one dataset dict (``file_name`` and, when
+labelled, ``sem_seg_file_name``): unreadable or refused images, unreadable or multi-channel
+(RGB/RGBA) masks, masks whose size fits neither the displayed nor the stored size of their image,
+and label values that are neither a class id nor the ignore value (after the dataset's
+``label_map``). It also notes what is worth a look without being wrong (EXIF-rotated images and
+which size their mask matched, 16-bit images) and counts the pixels of every class. Images and
+masks are read with :mod:`dinov3_m2f.data.image` and :mod:`dinov3_m2f.data.io`, so the checks and
+their messages are the ones training and evaluation apply.
+
+:func:`check_dataset` (``tools/check_dataset.py``) runs it on every sample, decoding every image;
+:func:`dinov3_m2f.data.scan.scan_dataset` (before training) runs it reading image headers only.
 """
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
-from PIL import Image
+from tqdm import tqdm
 
 from .files import IMAGE_SUFFIXES, MASK_SUFFIX, duplicate_message, pair_image_mask_files
-from .io import IGNORE_VALUE, check_label_values, check_same_size, read_label_mask
+from .image import ImageHeader, UnreadableImageError, read_image_and_header, read_image_header
+from .io import IGNORE_VALUE, MASK_STORED, check_label_values, mask_alignment, read_label_mask
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DatasetReport", "Problem", "check_dataset", "format_histogram", "pair_files"]
+__all__ = [
+    "DatasetReport",
+    "Problem",
+    "SampleCheck",
+    "check_dataset",
+    "check_sample",
+    "format_histogram",
+    "map_with_progress",
+    "pair_files",
+    "validate_dataset_dicts",
+]
 
-# Log progress every this many images.
-PROGRESS_EVERY = 500
+_Item = TypeVar("_Item")
+_Result = TypeVar("_Result")
 
 
 @dataclass(frozen=True)
 class Problem:
-    """One problem found in a dataset.
+    """One finding about a file of a dataset (a problem, or a note worth a look).
 
     Attributes:
         path: the file concerned.
-        message: what is wrong (names the file).
+        message: what was found (names the file).
     """
 
     path: str
     message: str
+
+
+@dataclass
+class SampleCheck:
+    """Result of :func:`check_sample` for one dataset dict.
+
+    Attributes:
+        problems: what is wrong (each names the file).
+        notes: what is not wrong but worth a look (EXIF orientation, 16-bit pixels).
+        exif_rotated: whether the image has an EXIF orientation other than 1.
+        pixels: [num_classes] int64, labelled pixels per class; ``None`` without a readable mask.
+        ignore_pixels: pixels equal to the ignore value.
+    """
+
+    problems: List[Problem] = field(default_factory=list)
+    notes: List[Problem] = field(default_factory=list)
+    exif_rotated: bool = False
+    pixels: Optional[np.ndarray] = None
+    ignore_pixels: int = 0
 
 
 @dataclass
@@ -46,10 +82,12 @@ class DatasetReport:
     Attributes:
         num_images: images checked.
         num_masks: masks checked.
-        problems: every problem found.
         pixels: [num_classes] int64, labelled pixels per class (readable masks only).
         images_with_class: [num_classes] int64, masks containing each class.
         ignore_pixels: pixels equal to the ignore value.
+        exif_rotated: images with an EXIF orientation other than 1, in dataset order.
+        problems: every problem found.
+        notes: every note (see :class:`SampleCheck`).
     """
 
     num_images: int
@@ -57,57 +95,119 @@ class DatasetReport:
     pixels: np.ndarray
     images_with_class: np.ndarray
     ignore_pixels: int = 0
+    exif_rotated: List[str] = field(default_factory=list)
     problems: List[Problem] = field(default_factory=list)
+    notes: List[Problem] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
-def _image_shape(path: str) -> Tuple[int, ...]:
-    """Decode an image fully (catches truncated files) and return its array shape."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"image file {path} does not exist")
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img).shape
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read image file {path}: {e}") from e
+def map_with_progress(
+    fn: Callable[[_Item], _Result], items: Sequence[_Item], *, num_workers: Optional[int], desc: str,
+    progress: bool = True,
+) -> List[_Result]:
+    """``[fn(item) for item in items]`` on a thread pool, with a progress bar.
+
+    Threads suit file checks: Pillow and zlib release the GIL while they decode.
+
+    Args:
+        fn: the function; it must not raise for a bad item (return the problem instead).
+        items: its inputs.
+        num_workers: threads (``None``: Python's default for I/O-bound pools).
+        desc: progress bar label.
+        progress: show the bar (on stderr).
+
+    Returns:
+        The results, in the order of ``items``.
+    """
+    with ThreadPoolExecutor(max_workers=num_workers) as pool:
+        results = pool.map(fn, items)
+        return list(tqdm(results, total=len(items), desc=desc, unit="file", disable=not progress))
 
 
-def _check_one(
-    record: Mapping, *, report: DatasetReport, num_classes: int, ignore_value: int,
-    label_map: Optional[Mapping[int, int]],
-) -> None:
-    image_path = record["file_name"]
-    mask_path = record.get("sem_seg_file_name")
-    image_shape = None
+def validate_dataset_dicts(dataset_dicts: Sequence[Mapping], *, num_classes: int) -> None:
+    """Raise for arguments no check can run on: ``num_classes`` < 1, a dict without ``file_name``."""
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    for i, record in enumerate(dataset_dicts):
+        if "file_name" not in record:
+            raise ValueError(f"dataset dict #{i} has no 'file_name': {dict(record)!r}")
+
+
+def _exif_note(header: ImageHeader, mask_path: Optional[str], alignment: Optional[str]) -> str:
+    stored, displayed = header.stored_size, header.displayed_size
+    note = (
+        f"image {header.path} has EXIF orientation {header.orientation}: stored "
+        f"{stored[0]}x{stored[1]}, displayed {displayed[0]}x{displayed[1]} (HxW)"
+    )
+    if alignment is None:
+        return note
+    if stored == displayed:
+        return note + (
+            f"; its mask {mask_path} fits both sizes and is used as displayed (look at its "
+            "overlay: check_dataset --visualize)"
+        )
+    if alignment == MASK_STORED:
+        return note + f"; its mask {mask_path} has the stored size and is turned with the image"
+    return note + f"; its mask {mask_path} has the displayed size and is used as it is"
+
+
+def check_sample(
+    record: Mapping,
+    *,
+    num_classes: int,
+    ignore_value: int = IGNORE_VALUE,
+    label_map: Optional[Mapping[int, int]] = None,
+    decode_image: bool = True,
+) -> SampleCheck:
+    """Run every check on one dataset dict; never raises for a bad file.
+
+    Args:
+        record: dict with ``file_name`` and optionally ``sem_seg_file_name``.
+        num_classes: number of classes; labels must be ``0..num_classes-1`` or ``ignore_value``.
+        ignore_value: label of ignored pixels.
+        label_map: raw mask value -> class id (or ``ignore_value``).
+        decode_image: decode the image's pixels (catches truncated files); otherwise only its
+            header is read (size, pixel format, EXIF orientation). Masks are always decoded.
+
+    Returns:
+        The :class:`SampleCheck`.
+    """
+    result = SampleCheck()
+    image_path, mask_path = record["file_name"], record.get("sem_seg_file_name")
+    header: Optional[ImageHeader] = None
     try:
-        image_shape = _image_shape(image_path)
-    except (OSError, ValueError) as e:
-        report.problems.append(Problem(image_path, str(e)))
-    if mask_path is None:
-        return
-    report.num_masks += 1
-    try:
-        labels = read_label_mask(mask_path, label_map=label_map, ignore_value=ignore_value)  # [H, W]
-    except (OSError, ValueError) as e:
-        report.problems.append(Problem(mask_path, str(e)))
-        return
-    if image_shape is not None:
+        header = read_image_and_header(image_path)[1] if decode_image else read_image_header(image_path)
+    except UnreadableImageError as e:
+        result.problems.append(Problem(image_path, str(e)))
+    if header is not None and header.is_16_bit:
+        result.notes.append(Problem(image_path, f"image {image_path} is 16-bit grayscale: read as 0..65535 -> 0..255"))
+    alignment = None
+    if mask_path is not None:
         try:
-            check_same_size(image_shape, labels.shape, image_path=image_path, mask_path=mask_path)
-        except ValueError as e:
-            report.problems.append(Problem(mask_path, str(e)))
-    try:
-        check_label_values(labels, num_classes=num_classes, ignore_value=ignore_value, path=mask_path)
-    except ValueError as e:
-        report.problems.append(Problem(mask_path, str(e)))
-    valid = labels[(labels >= 0) & (labels < num_classes)]
-    counts = np.bincount(valid, minlength=num_classes)  # [num_classes]
-    report.pixels += counts
-    report.images_with_class += counts > 0
-    report.ignore_pixels += int((labels == ignore_value).sum())
+            labels = read_label_mask(mask_path, label_map=label_map, ignore_value=ignore_value)  # [H, W]
+        except (OSError, ValueError) as e:
+            result.problems.append(Problem(mask_path, str(e)))
+            labels = None
+        if labels is not None:
+            if header is not None:
+                try:
+                    alignment = mask_alignment(header, labels.shape, mask_path=mask_path)
+                except ValueError as e:
+                    result.problems.append(Problem(mask_path, str(e)))
+            try:
+                check_label_values(labels, num_classes=num_classes, ignore_value=ignore_value, path=mask_path)
+            except ValueError as e:
+                result.problems.append(Problem(mask_path, str(e)))
+            valid = labels[(labels >= 0) & (labels < num_classes)]
+            result.pixels = np.bincount(valid, minlength=num_classes)  # [num_classes]
+            result.ignore_pixels = int((labels == ignore_value).sum())
+    if header is not None and header.transpose is not None:
+        result.exif_rotated = True
+        result.notes.append(Problem(image_path, _exif_note(header, mask_path, alignment)))
+    return result
 
 
 def check_dataset(
@@ -116,8 +216,10 @@ def check_dataset(
     num_classes: int,
     ignore_value: int = IGNORE_VALUE,
     label_map: Optional[Mapping[int, int]] = None,
+    num_workers: Optional[int] = None,
+    progress: bool = True,
 ) -> DatasetReport:
-    """Check every image and mask of a dataset and count the pixels of every class.
+    """Check every image and mask of a dataset (decoding every file) and count class pixels.
 
     Args:
         dataset_dicts: dicts with ``file_name`` and optionally ``sem_seg_file_name``.
@@ -125,27 +227,33 @@ def check_dataset(
         ignore_value: label of ignored pixels.
         label_map: raw mask value -> class id (or ``ignore_value``), for datasets whose files hold
             other values (e.g. LoveDA).
+        num_workers: reading threads (``None``: Python's default).
+        progress: show a progress bar.
 
     Returns:
-        The :class:`DatasetReport`.
+        The :class:`DatasetReport`, problems and notes in dataset order.
     """
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    validate_dataset_dicts(dataset_dicts, num_classes=num_classes)
     report = DatasetReport(
         num_images=len(dataset_dicts),
-        num_masks=0,
+        num_masks=sum("sem_seg_file_name" in record for record in dataset_dicts),
         pixels=np.zeros(num_classes, dtype=np.int64),
         images_with_class=np.zeros(num_classes, dtype=np.int64),
     )
-    for i, record in enumerate(dataset_dicts):
-        if "file_name" not in record:
-            raise ValueError(f"dataset dict #{i} has no 'file_name': {dict(record)!r}")
-        _check_one(record, report=report, num_classes=num_classes, ignore_value=ignore_value, label_map=label_map)
-        if (i + 1) % PROGRESS_EVERY == 0:
-            logger.info("Checked %d/%d images, %d problems so far", i + 1, len(dataset_dicts), len(report.problems))
-    logger.info(
-        "Checked %d images and %d masks: %d problems", report.num_images, report.num_masks, len(report.problems)
-    )
+
+    def check(record: Mapping) -> SampleCheck:
+        return check_sample(record, num_classes=num_classes, ignore_value=ignore_value, label_map=label_map)
+
+    results = map_with_progress(check, dataset_dicts, num_workers=num_workers, desc="check", progress=progress)
+    for record, result in zip(dataset_dicts, results):
+        report.problems += result.problems
+        report.notes += result.notes
+        if result.exif_rotated:
+            report.exif_rotated.append(record["file_name"])
+        if result.pixels is not None:
+            report.pixels += result.pixels
+            report.images_with_class += result.pixels > 0
+            report.ignore_pixels += result.ignore_pixels
     return report
 
 

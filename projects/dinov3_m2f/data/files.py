@@ -17,6 +17,7 @@ __all__ = [
     "INPUT_IMAGE_SUFFIXES",
     "collect_image_files",
     "MASK_SUFFIX",
+    "MAX_LISTED",
     "FilePairing",
     "datasets_root",
     "duplicate_message",
@@ -28,6 +29,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MASK_SUFFIX = ".png"
 # Files the inference tools take from an input folder.
 INPUT_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# How many files (or values) one error or warning message lists.
+MAX_LISTED = 10
 
 
 def datasets_root() -> str:

@@ -6,7 +6,9 @@ marks pixels to ignore. Raw datasets whose files use other values (e.g. LoveDA: 
 the ignore value.
 
 The same reader serves the training mapper, the evaluator and the command-line tools, so every
-consumer sees identical labels and identical error messages.
+consumer sees identical labels and identical error messages. :func:`read_image_and_mask` and
+:func:`read_mask_for_image` read a mask lined up with its image as displayed, following the EXIF
+orientation policy of :mod:`dinov3_m2f.data.image`.
 """
 import logging
 import os
@@ -16,18 +18,25 @@ import numpy as np
 from PIL import Image
 
 from ..utils import atomic_open
+from .files import MAX_LISTED
+from .image import ImageHeader, read_image_and_header, read_image_header
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "IGNORE_VALUE",
+    "MASK_DISPLAYED",
     "MASK_FORMAT_HINT",
+    "MASK_STORED",
     "apply_label_map",
     "check_label_values",
     "check_same_size",
     "convert_label_png",
     "convert_label_pngs",
+    "mask_alignment",
+    "read_image_and_mask",
     "read_label_mask",
+    "read_mask_for_image",
     "shifted_label_map",
     "write_label_png",
 ]
@@ -38,15 +47,17 @@ IGNORE_VALUE = 255
 MASK_FORMAT_HINT = (
     "convert it to a single-channel label PNG: pixel values are class ids, {ignore} = ignore"
 )
-# How many offending values / files an error message lists before it abbreviates.
-_MAX_LISTED = 10
+# What mask_alignment returns: the mask has the image's displayed size (used as it is), or its
+# stored, pre-EXIF size (the image's orientation transform is applied to it).
+MASK_DISPLAYED = "displayed"
+MASK_STORED = "stored"
 # convert_label_pngs logs its progress every this many files.
 _PROGRESS_EVERY = 500
 
 
 def _format_values(values: Sequence[int]) -> str:
-    shown = ", ".join(str(int(v)) for v in values[:_MAX_LISTED])
-    if len(values) > _MAX_LISTED:
+    shown = ", ".join(str(int(v)) for v in values[:MAX_LISTED])
+    if len(values) > MAX_LISTED:
         shown += f", ... ({len(values)} values)"
     return "[" + shown + "]"
 
@@ -155,16 +166,65 @@ def check_same_size(
         )
 
 
+def mask_alignment(image: ImageHeader, mask_size: Tuple[int, int], *, mask_path: str) -> str:
+    """How a mask of ``mask_size`` lines up with ``image`` (EXIF policy of :mod:`.image`).
+
+    Args:
+        image: header of the mask's image.
+        mask_size: (H, W) of the mask file.
+        mask_path: mask file, named in the error.
+
+    Returns:
+        :data:`MASK_DISPLAYED` (the mask has the displayed size, including when stored and
+        displayed sizes are equal) or :data:`MASK_STORED` (the stored size only: the image's
+        orientation transform must be applied to the mask).
+
+    Raises:
+        ValueError: any other size; names both files and their sizes.
+    """
+    mask_size = tuple(mask_size)
+    if mask_size == image.displayed_size:
+        return MASK_DISPLAYED
+    if mask_size == image.stored_size:
+        return MASK_STORED
+    if image.displayed_size == image.stored_size:
+        check_same_size(image.displayed_size, mask_size, image_path=image.path, mask_path=mask_path)
+    height, width = image.displayed_size
+    raise ValueError(
+        f"image {image.path} is {height}x{width} (HxW) as displayed (stored "
+        f"{image.stored_size[0]}x{image.stored_size[1]}, EXIF orientation {image.orientation}) but "
+        f"its mask {mask_path} is {mask_size[0]}x{mask_size[1]}; a mask must have the displayed "
+        "or the stored size of its image"
+    )
+
+
+def _open_mask(path: str) -> Image.Image:
+    """The decoded mask image (the caller closes it); errors name the file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"mask file {path} does not exist")
+    img = None
+    try:
+        img = Image.open(path)
+        img.load()
+    except (OSError, ValueError) as e:
+        if img is not None:
+            img.close()
+        raise ValueError(f"cannot read mask file {path}: {e}") from e
+    return img
+
+
 def read_label_mask(
     path: str,
     *,
     label_map: Optional[Mapping[int, int]] = None,
     num_classes: Optional[int] = None,
     ignore_value: int = IGNORE_VALUE,
+    image_header: Optional[ImageHeader] = None,
 ) -> np.ndarray:
     """Read a single-channel label mask and check its values.
 
-    Palette ("P" mode) PNGs are read as their palette indices, like PIL does.
+    Palette ("P" mode) PNGs are read as their palette indices, like PIL does. The mask's own EXIF
+    orientation, if any, is ignored.
 
     Args:
         path: mask file.
@@ -172,18 +232,21 @@ def read_label_mask(
         num_classes: when given, values must lie in ``0..num_classes-1`` or equal ``ignore_value``
             (checked after ``label_map``).
         ignore_value: the value that marks ignored pixels.
+        image_header: header of the mask's image; when given, the mask is lined up with the
+            image as displayed (see :func:`mask_alignment`), and a mask of another size is an error
+            naming both files.
 
     Returns:
         int64 array [H, W].
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"mask file {path} does not exist")
-    try:
-        with Image.open(path) as img:
-            mode = img.mode
-            labels = np.asarray(img)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read mask file {path}: {e}") from e
+    with _open_mask(path) as img:
+        mode = img.mode
+        mask = img
+        if image_header is not None:
+            width, height = img.size
+            if mask_alignment(image_header, (height, width), mask_path=path) == MASK_STORED:
+                mask = img.transpose(image_header.transpose)
+        labels = np.asarray(mask)
     if labels.ndim != 2:
         channels = labels.shape[2] if labels.ndim == 3 else labels.ndim
         raise ValueError(
@@ -202,6 +265,67 @@ def read_label_mask(
     if num_classes is not None:
         _check_present_values(present, num_classes=num_classes, ignore_value=ignore_value, path=path)
     return labels
+
+
+def read_image_and_mask(
+    image_path: str,
+    mask_path: str,
+    *,
+    label_map: Optional[Mapping[int, int]] = None,
+    num_classes: Optional[int] = None,
+    ignore_value: int = IGNORE_VALUE,
+    image_format: str = "RGB",
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Read an image as displayed and its label mask lined up with it (one training sample).
+
+    Args:
+        image_path: image file (read with :func:`~dinov3_m2f.data.image.read_image`).
+        mask_path: its label mask.
+        label_map: raw mask value -> class id, as for :func:`read_label_mask`.
+        num_classes: when given, mask values are checked against ``0..num_classes-1``.
+        ignore_value: the value that marks ignored pixels.
+        image_format: ``"RGB"`` or ``"BGR"``.
+
+    Returns:
+        (image uint8 [H, W, 3], labels int64 [H, W]), H and W as displayed.
+
+    Raises:
+        UnreadableImageError: the image is missing or does not decode.
+        FileNotFoundError, ValueError: the mask is missing, does not decode, has several
+            channels, values outside the classes, or a size that fits neither the displayed nor
+            the stored size of the image; each names the file(s).
+    """
+    image, header = read_image_and_header(image_path, image_format=image_format)
+    labels = read_label_mask(
+        mask_path, label_map=label_map, num_classes=num_classes, ignore_value=ignore_value, image_header=header
+    )
+    return image, labels
+
+
+def read_mask_for_image(
+    mask_path: str,
+    *,
+    image_path: str,
+    label_map: Optional[Mapping[int, int]] = None,
+    num_classes: Optional[int] = None,
+    ignore_value: int = IGNORE_VALUE,
+) -> np.ndarray:
+    """A ground-truth mask lined up with its image as displayed, reading only the image's header.
+
+    Args:
+        mask_path: label mask.
+        image_path: its image (only the header is read).
+        label_map: raw mask value -> class id, as for :func:`read_label_mask`.
+        num_classes: when given, mask values are checked against ``0..num_classes-1``.
+        ignore_value: the value that marks ignored pixels.
+
+    Returns:
+        int64 [H, W], H and W of the image as displayed.
+    """
+    return read_label_mask(
+        mask_path, label_map=label_map, num_classes=num_classes, ignore_value=ignore_value,
+        image_header=read_image_header(image_path),
+    )
 
 
 def write_label_png(labels: np.ndarray, path: str) -> None:

@@ -21,7 +21,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import onnxruntime as ort
 
-from ..windows import window_starts
+from ..windows import sliding_windows
 from .metadata import METADATA_KEY, parse_metadata
 
 logger = logging.getLogger(__name__)
@@ -127,10 +127,10 @@ class OnnxSemSegmenter:
             if stride is not None:
                 raise ValueError("stride is only used with crop_size (sliding windows)")
             return self.run(batch)[0]
-        if stride is None or any(not 0 < s <= c for s, c in zip(stride, crop_size)):
-            raise ValueError(f"need 0 < stride <= crop_size, got crop_size={crop_size}, stride={stride}")
+        if stride is None:
+            raise ValueError("sliding windows need a stride along with crop_size")
         height, width = image.shape[:2]
-        crop_h, crop_w = min(crop_size[0], height), min(crop_size[1], width)
+        (crop_h, crop_w), windows = sliding_windows(height, width, crop_size=crop_size, stride=stride)
         if self.fixed_size is not None and (crop_h, crop_w) != self.fixed_size:
             raise ValueError(
                 f"{self.path} was exported for {self.fixed_size[0]}x{self.fixed_size[1]} inputs, but the "
@@ -140,10 +140,7 @@ class OnnxSemSegmenter:
             )
         scores = np.zeros((self.num_classes, height, width), dtype=np.float32)
         counts = np.zeros((height, width), dtype=np.float32)
-        for y in window_starts(height, crop_h, stride[0]):
-            for x in window_starts(width, crop_w, stride[1]):
-                scores[:, y : y + crop_h, x : x + crop_w] += self.run(
-                    batch[:, :, y : y + crop_h, x : x + crop_w]
-                )[0]
-                counts[y : y + crop_h, x : x + crop_w] += 1.0
+        for y, x in windows:
+            scores[:, y : y + crop_h, x : x + crop_w] += self.run(batch[:, :, y : y + crop_h, x : x + crop_w])[0]
+            counts[y : y + crop_h, x : x + crop_w] += 1.0
         return scores / counts

@@ -129,8 +129,9 @@ class MSDeformAttn(nn.Module):
         weights = self.attention_weights(query).view(B, Q, self.n_heads, -1).softmax(-1)
         weights = weights.view(B, Q, self.n_heads, self.n_levels, self.n_points)  # [B, Q, M, L, P]
 
-        # offsets are in cells of each level: normalise by its (W, H)
-        offset_normalizer = input_spatial_shapes.flip(-1).to(offsets.dtype)  # [L, 2] as (W, H)
+        # offsets are in cells of each level: normalise by its (W, H), in the reference points'
+        # dtype (under autocast the offsets are bfloat16, which rounds widths above 256)
+        offset_normalizer = input_spatial_shapes.flip(-1).to(reference_points.dtype)  # [L, 2] as (W, H)
         locations = (
             reference_points[:, :, None, :, None, :]
             + offsets / offset_normalizer[None, None, None, :, None, :]

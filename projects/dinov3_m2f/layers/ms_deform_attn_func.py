@@ -133,6 +133,9 @@ def ms_deform_attn(
 ) -> torch.Tensor:
     """Multi-scale deformable attention (bilinear sampling, zero padding, weighted sum).
 
+    Both implementations take float16, bfloat16, float32 and float64 on CPU and CUDA; the
+    compiled op computes in float32 (float64 for float64 inputs) and returns ``value``'s dtype.
+
     Args:
         value: [B, S, heads, C] float tensor.
         spatial_shapes: [L, 2] int64 (H, W) per level; sum(H * W) == S.

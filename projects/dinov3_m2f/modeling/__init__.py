@@ -10,6 +10,7 @@ from .dinov3 import (
     NORMALIZATION,
     DinoVisionTransformer,
     build_dinov3,
+    build_frozen_dinov3,
     get_interaction_indexes,
     get_normalization,
     load_dinov3_weights,

@@ -1,18 +1,15 @@
 """ViT-Adapter (extractor-only variant used by DINOv3) turning a frozen ViT into a 4-level pyramid."""
-import contextlib
-import logging
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.utils import checkpoint
+from torchvision.ops import StochasticDepth
 
 from ..layers import MSDeformAttn
-from .blocks import DropPath, NormSpec, get_norm, grid_reference_points, split_levels
-
-logger = logging.getLogger(__name__)
+from .blocks import NormSpec, get_norm, grid_reference_points, split_levels
 
 __all__ = ["DINOv3Adapter"]
 
@@ -110,17 +107,11 @@ class Extractor(nn.Module):
         if with_cffn:
             self.ffn = ConvFFN(dim, int(dim * cffn_ratio))
             self.ffn_norm = nn.LayerNorm(dim, eps=EXTRACTOR_LN_EPS)
-            self.drop_path = DropPath(drop_path)
+            self.drop_path = StochasticDepth(drop_path, mode="row")
 
-    def _forward(
-        self,
-        query: torch.Tensor,
-        feat: torch.Tensor,
-        reference_points: torch.Tensor,
-        spatial_shapes: torch.Tensor,
-        level_start_index: torch.Tensor,
-        query_shapes: Sequence[Tuple[int, int]],
-    ) -> torch.Tensor:
+    def _forward(self, query: torch.Tensor, feat: torch.Tensor, *geometry) -> torch.Tensor:
+        """:meth:`forward` without activation checkpointing."""
+        reference_points, spatial_shapes, level_start_index, query_shapes = geometry
         attn = self.attn(
             self.query_norm(query), reference_points, self.feat_norm(feat), spatial_shapes, level_start_index
         )
@@ -247,15 +238,14 @@ class DINOv3Adapter(nn.Module):
 
     Args:
         backbone: ViT with ``embed_dim``, ``patch_size`` and
-            ``get_intermediate_layers(x, n=..., return_class_token=True, norm=True)``. It is frozen
-            (``requires_grad_(False)``), kept in eval mode and run under ``torch.no_grad``.
+            ``get_intermediate_layers(x, n=..., return_class_token=True, norm=True)``. The ViT owns
+            its freezing and its autocast (:class:`DinoVisionTransformer` ``frozen`` and
+            ``autocast_dtype``); its outputs are cast to the input dtype.
         interaction_indexes: 0-based ViT block indices read by the interaction blocks.
         conv_inplane: stem channels of the spatial prior module.
         n_points: deformable sampling points per head.
         deform_num_heads: deformable attention heads.
         drop_path_rate: stochastic depth of the ConvFFN branches (same rate in every extractor).
-        init_values: layer-scale init of the injector in the original ViT-Adapter. The DINOv3 adapter has
-            no injector, so only 0.0 is accepted.
         with_cffn: use ConvFFN branches in the extractors.
         cffn_ratio: hidden width ratio of the ConvFFN.
         deform_ratio: value-projection width ratio of the deformable attention.
@@ -263,8 +253,6 @@ class DINOv3Adapter(nn.Module):
         use_extra_extractor: append extra extractors to the last interaction block.
         with_cp: activation checkpointing of the extractors while training.
         norm: normalization of the SPM and the output norms: "BN", "SyncBN", "GN" or a callable.
-        backbone_dtype: if set (e.g. ``torch.bfloat16``), the backbone runs under autocast to that dtype;
-            its outputs are cast back to the input dtype.
     """
 
     def __init__(
@@ -276,7 +264,6 @@ class DINOv3Adapter(nn.Module):
         n_points: int = 4,
         deform_num_heads: int = 16,
         drop_path_rate: float = 0.3,
-        init_values: float = 0.0,
         with_cffn: bool = True,
         cffn_ratio: float = 0.25,
         deform_ratio: float = 0.5,
@@ -284,13 +271,8 @@ class DINOv3Adapter(nn.Module):
         use_extra_extractor: bool = True,
         with_cp: bool = False,
         norm: NormSpec = "BN",
-        backbone_dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
-        if init_values != 0.0:
-            raise ValueError(
-                f"init_values={init_values}: the DINOv3 adapter has no injector, only 0.0 is supported"
-            )
         interaction_indexes = [int(i) for i in interaction_indexes]
         if not interaction_indexes:
             raise ValueError("interaction_indexes must not be empty")
@@ -308,11 +290,8 @@ class DINOv3Adapter(nn.Module):
             raise ValueError("DINOv3Adapter needs a norm ('BN', 'SyncBN', 'GN' or a callable)")
 
         self.backbone = backbone
-        self.backbone.requires_grad_(False)
-        self.backbone.eval()
         self.interaction_indexes = interaction_indexes
         self.add_vit_feature = add_vit_feature
-        self.backbone_dtype = backbone_dtype
         self.patch_size = int(backbone.patch_size)
         embed_dim = int(backbone.embed_dim)
 
@@ -361,22 +340,10 @@ class DINOv3Adapter(nn.Module):
                 m.reset_parameters()
         nn.init.normal_(self.level_embed)
 
-    def train(self, mode: bool = True) -> "DINOv3Adapter":
-        """Sets the train/eval mode of the adapter; the frozen backbone always stays in eval mode."""
-        super().train(mode)
-        self.backbone.eval()
-        return self
-
-    def _backbone_context(self, device: torch.device):
-        if self.backbone_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=self.backbone_dtype)
-
     def _vit_layers(self, x: torch.Tensor) -> List[torch.Tensor]:
-        with torch.no_grad(), self._backbone_context(x.device):
-            layers = self.backbone.get_intermediate_layers(
-                x, n=self.interaction_indexes, return_class_token=True, norm=True
-            )
+        layers = self.backbone.get_intermediate_layers(
+            x, n=self.interaction_indexes, return_class_token=True, norm=True
+        )
         return [patch.to(x.dtype) for patch, _cls in layers]  # each [B, h*w, D]
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:

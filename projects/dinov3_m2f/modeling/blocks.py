@@ -1,12 +1,9 @@
 """Small building blocks shared by the adapter and the Mask2Former head."""
-import logging
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-
-logger = logging.getLogger(__name__)
 
 # Number of groups of every GroupNorm built from the string "GN" (as in Mask2Former / DINOv3).
 GROUP_NORM_GROUPS = 32
@@ -78,42 +75,6 @@ class ConvNormAct(nn.Conv2d):
         if self.activation is not None:
             x = self.activation(x)
         return x
-
-
-def c2_xavier_fill(module: nn.Module) -> None:
-    """Kaiming-uniform weights (``a=1``) and zero bias, the usual init of Detectron2 convolutions.
-
-    Args:
-        module: a module with ``weight`` and optional ``bias``.
-    """
-    nn.init.kaiming_uniform_(module.weight, a=1)
-    if module.bias is not None:
-        nn.init.zeros_(module.bias)
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: drops the whole residual branch per sample while training.
-
-    Args:
-        drop_prob: probability of dropping a sample's branch.
-    """
-
-    def __init__(self, drop_prob: float = 0.0):
-        super().__init__()
-        if not 0.0 <= drop_prob < 1.0:
-            raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob}")
-        self.drop_prob = drop_prob
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.drop_prob == 0.0 or not self.training:
-            return x
-        keep_prob = 1.0 - self.drop_prob
-        shape = (x.shape[0],) + (1,) * (x.ndim - 1)  # one draw per sample
-        keep = x.new_empty(shape).bernoulli_(keep_prob)
-        return x * keep / keep_prob
-
-    def extra_repr(self) -> str:
-        return f"drop_prob={self.drop_prob}"
 
 
 class MLP(nn.Module):

@@ -11,7 +11,6 @@ For each decoder layer (the final output and every entry of ``aux_outputs``):
        number of target masks (averaged over processes in distributed training).
 Losses are returned unweighted; ``weight_dict`` holds the weight of every key.
 """
-import logging
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -23,8 +22,6 @@ from .matcher import DICE_SMOOTH
 from .point_sampling import logit_uncertainty, point_sample, sample_uncertain_points, sample_valid_points
 
 __all__ = ["SetCriterion", "make_weight_dict", "weighted_sigmoid_ce", "weighted_dice"]
-
-logger = logging.getLogger(__name__)
 
 # Loss groups: "labels" gives loss_ce, "masks" gives loss_mask and loss_dice.
 SUPPORTED_LOSSES = ("labels", "masks")
@@ -75,16 +72,8 @@ def weighted_sigmoid_ce(
 def weighted_dice(
     point_logits: torch.Tensor, point_labels: torch.Tensor, weights: torch.Tensor
 ) -> torch.Tensor:
-    """Per-mask Dice loss over the points with weight.
-
-    Args:
-        point_logits: [N, P] logits.
-        point_labels: [N, P] targets in [0, 1].
-        weights: [N, P] point weights (0 = not counted).
-
-    Returns:
-        [N] losses; 0 for a mask without weighted points.
-    """
+    """Per-mask Dice loss over the points with weight: [N] losses, 0 for a mask without weighted
+    points (arguments of :func:`weighted_sigmoid_ce`)."""
     probs = point_logits.sigmoid() * weights  # [N, P]
     labels = point_labels * weights  # [N, P]
     numerator = 2.0 * (probs * labels).sum(-1)
@@ -264,8 +253,8 @@ class SetCriterion(nn.Module):
         sizes = {tuple(t["valid"].shape) for t in targets}
         if len(sizes) > 1:
             raise ValueError(
-                f"targets have different sizes {sorted(sizes)}; pad them to the batch size "
-                "(prepare_targets(..., padded_size=...))"
+                f"targets have different sizes {sorted(sizes)}; pad the label maps to one size "
+                "with the ignore value before prepare_targets"
             )
 
     def extra_repr(self) -> str:

@@ -10,7 +10,6 @@ matcher, points that are invalid (ignore or padding, see :mod:`.point_sampling`)
 the mask terms. The assignment minimizing the total cost is found with
 ``scipy.optimize.linear_sum_assignment``.
 """
-import logging
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -22,9 +21,8 @@ from .point_sampling import point_sample, sample_valid_points
 
 __all__ = ["HungarianMatcher", "pairwise_sigmoid_ce", "pairwise_dice"]
 
-logger = logging.getLogger(__name__)
-
-# Added to the numerator and denominator of the Dice ratio so empty masks give a finite cost.
+# Added to the numerator and denominator of every Dice ratio in this package (matching cost, mask
+# loss, per-pixel loss), so that empty masks and absent classes stay finite.
 DICE_SMOOTH = 1.0
 
 

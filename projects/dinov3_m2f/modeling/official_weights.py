@@ -5,13 +5,12 @@ keys are ``segmentation_model.0.backbone.*`` (ViT), ``segmentation_model.0.*`` (
 ``segmentation_model.1.*`` (head). Our :class:`DINOv3Adapter` and :class:`Mask2FormerHead` use the same
 key names below those prefixes, so the conversion only splits the dict and strips the prefixes.
 """
-import logging
 from typing import Dict, Mapping
 
 import torch
 from torch import nn
 
-logger = logging.getLogger(__name__)
+from ..data.files import MAX_LISTED
 
 __all__ = [
     "convert_official_segmentor_state_dict",
@@ -43,7 +42,7 @@ def _split(state_dict: Mapping[str, torch.Tensor], *, what: str) -> Dict[str, St
     if unknown:
         raise ValueError(
             f"{what}: {len(unknown)} keys are outside '{ADAPTER_PREFIX}' / '{HEAD_PREFIX}', e.g. "
-            f"{unknown[:5]}; is this an official DINOv3 M2F segmentor checkpoint (not wrapped in another dict)?"
+            f"{unknown[:MAX_LISTED]}; is this an official DINOv3 M2F segmentor checkpoint (not wrapped in another dict)?"
         )
     return sections
 
@@ -117,7 +116,7 @@ def load_converted_state_dict(
     missing = [k for k in result.missing_keys if not k.startswith("backbone.")]
     if missing or result.unexpected_keys:
         raise RuntimeError(
-            f"adapter weights do not match: missing {missing[:10]} ({len(missing)}), "
-            f"unexpected {result.unexpected_keys[:10]} ({len(result.unexpected_keys)})"
+            f"adapter weights do not match: missing {missing[:MAX_LISTED]} ({len(missing)}), "
+            f"unexpected {result.unexpected_keys[:MAX_LISTED]} ({len(result.unexpected_keys)})"
         )
     head.load_state_dict(converted["head"], strict=True)

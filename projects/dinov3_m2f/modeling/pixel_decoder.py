@@ -1,22 +1,28 @@
 """Mask2Former pixel decoder: deformable-attention encoder over the coarse levels + FPN to stride 4."""
-import logging
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+from fvcore.nn.weight_init import c2_xavier_fill
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ..layers import MSDeformAttn
-from .blocks import GROUP_NORM_GROUPS, ConvNormAct, NormSpec, c2_xavier_fill, channels_and_stride, get_norm
+from .blocks import GROUP_NORM_GROUPS, ConvNormAct, NormSpec, channels_and_stride, get_norm
 from .blocks import grid_reference_points, split_levels
 from .position_encoding import PositionEmbeddingSine
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["MSDeformAttnPixelDecoder", "MSDeformAttnEncoderLayer"]
 
 # Number of pixel-decoder levels handed to the transformer decoder (coarsest first).
 NUM_OUTPUT_LEVELS = 3
+# Whether the pixel decoder leaves autocast and runs in float32 when ``force_fp32`` is None, per
+# device type; measured with tools/benchmark_official.py (docs/benchmarks.md, "bf16 on the CPU").
+# CPU: no. Under bf16 autocast at ViT-S / hidden 256 / 512x512 the whole model ran 1.4-1.5x
+# faster with the pixel decoder under autocast than in float32, and its outputs moved from the
+# float32 ones about as far as the official segmentor's do under bf16 (1.4x the float32 pixel
+# decoder's mean mask-logit difference). CUDA and other devices: yes, as the official head (not
+# measured there yet).
+FP32_BY_DEVICE_TYPE = {"cpu": False}
 
 
 class MSDeformAttnEncoderLayer(nn.Module):
@@ -129,8 +135,10 @@ class MSDeformAttnEncoder(nn.Module):
         level_start_index = torch.cat(
             (spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1])
         )  # [L]
-        # no padding masks: every query uses the same normalized point on every level
-        reference_points = grid_reference_points(shapes, device).to(tokens.dtype)  # [S, 2]
+        # No padding masks: every query uses the same normalized point on every level. The points
+        # stay float32 under autocast, and with them the sampling locations: bfloat16 resolves
+        # 1/256 of the image, half a cell of a 128-wide level.
+        reference_points = grid_reference_points(shapes, device)  # [S, 2]
         reference_points = reference_points[None, :, None, :].expand(batch, -1, len(shapes), -1)
         for layer in self.encoder.layers:
             tokens = layer(tokens, pos, reference_points, spatial_shapes, level_start_index)
@@ -161,7 +169,9 @@ class MSDeformAttnPixelDecoder(nn.Module):
         transformer_in_features: names of the features given to the encoder.
         common_stride: stride of the mask features.
         upsample_mode: ``F.interpolate`` mode of the FPN top-down path ("bilinear" or "nearest").
-        force_fp32: run in float32 even under autocast (the official head does).
+        force_fp32: run in float32 even under autocast (True, as the official head), under
+            autocast (False), or as chosen for the device type of the input (None, see
+            :data:`FP32_BY_DEVICE_TYPE`: float32 on CUDA, autocast on CPU).
     """
 
     def __init__(
@@ -179,7 +189,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         transformer_in_features: Sequence[str] = ("res3", "res4", "res5"),
         common_stride: int = 4,
         upsample_mode: str = "bilinear",
-        force_fp32: bool = True,
+        force_fp32: Optional[bool] = None,
     ):
         super().__init__()
         shapes = {name: channels_and_stride(spec) for name, spec in input_shape.items()}
@@ -255,8 +265,24 @@ class MSDeformAttnPixelDecoder(nn.Module):
         align_corners = False if self.upsample_mode == "bilinear" else None
         return F.interpolate(x, size=size, mode=self.upsample_mode, align_corners=align_corners)
 
-    def _forward(self, features: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-        dtype = torch.float32 if self.force_fp32 else features[self.transformer_in_features[0]].dtype
+    def runs_in_fp32(self, device: torch.device) -> bool:
+        """Whether the pixel decoder runs in float32 under autocast for inputs on ``device``.
+
+        Args:
+            device: device of the input features.
+
+        Returns:
+            ``force_fp32`` when set, else the choice of :data:`FP32_BY_DEVICE_TYPE` (True for
+            device types it does not list).
+        """
+        if self.force_fp32 is not None:
+            return self.force_fp32
+        return FP32_BY_DEVICE_TYPE.get(device.type, True)
+
+    def _forward(
+        self, features: Dict[str, torch.Tensor], *, fp32: bool
+    ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        dtype = torch.float32 if fp32 else features[self.transformer_in_features[0]].dtype
         srcs, pos = [], []
         for proj, name in zip(self.input_convs, self.transformer_in_features):
             x = features[name].to(dtype)
@@ -281,8 +307,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
             (mask_features [B, mask_dim, H/common_stride, W/common_stride],
             multi-scale features: 3 maps [B, conv_dim, h, w], coarsest first).
         """
-        if self.force_fp32:
-            device_type = features[self.transformer_in_features[0]].device.type
-            with torch.autocast(device_type=device_type, enabled=False):
-                return self._forward(features)
-        return self._forward(features)
+        device = features[self.transformer_in_features[0]].device
+        if self.runs_in_fp32(device):
+            with torch.autocast(device_type=device.type, enabled=False):
+                return self._forward(features, fp32=True)
+        return self._forward(features, fp32=False)

@@ -6,14 +6,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["PixelSegmentationLoss"]
+from .matcher import DICE_SMOOTH
 
-# Additive smoothing of the dice ratio; keeps classes absent from both prediction and target finite.
-DICE_SMOOTH = 1.0
+__all__ = ["PixelSegmentationLoss"]
 
 
 class PixelSegmentationLoss(nn.Module):
     """Cross-entropy (mean over non-ignored pixels) plus optional multi-class soft dice.
+
+    Like :class:`~dinov3_m2f.modeling.criterion.SetCriterion`, it returns unweighted losses and
+    holds their weights in ``weight_dict``; the meta-architecture applies them.
 
     Logits are upsampled bilinearly (``align_corners=False``) to the label resolution and computed
     in float32. Pixels labelled ``ignore_value`` (including padding) contribute to neither term. When
@@ -37,8 +39,8 @@ class PixelSegmentationLoss(nn.Module):
         Args:
             num_classes: number of classes; labels must be in ``[0, num_classes)`` or ``ignore_value``.
             ignore_value: label of pixels excluded from the loss.
-            ce_weight: multiplier of the cross-entropy term.
-            dice_weight: multiplier of the dice term; 0 disables it (no ``"loss_dice"`` key).
+            ce_weight: weight of the cross-entropy term (``weight_dict["loss_ce"]``).
+            dice_weight: weight of the dice term; 0 disables it (no ``"loss_dice"`` key).
         """
         super().__init__()
         if num_classes <= 0:
@@ -49,8 +51,7 @@ class PixelSegmentationLoss(nn.Module):
             raise ValueError(f"ce_weight and dice_weight must be >= 0, got {ce_weight} and {dice_weight}")
         self.num_classes = num_classes
         self.ignore_value = ignore_value
-        self.ce_weight = ce_weight
-        self.dice_weight = dice_weight
+        self.weight_dict = {"loss_ce": ce_weight, "loss_dice": dice_weight}
 
     def _check_inputs(self, logits: torch.Tensor, sem_seg: torch.Tensor) -> None:
         if logits.dim() != 4 or logits.shape[1] != self.num_classes:
@@ -79,8 +80,8 @@ class PixelSegmentationLoss(nn.Module):
             sem_seg: ``[B, H, W]`` int64 labels, ``ignore_value`` at ignored / padding pixels.
 
         Returns:
-            ``{"loss_ce": ce_weight * CE}`` plus ``"loss_dice": dice_weight * dice`` when
-            ``dice_weight > 0``. Values are already weighted: their sum is the total loss.
+            ``{"loss_ce": CE}`` plus ``"loss_dice": dice`` when ``dice_weight > 0``, unweighted
+            (``weight_dict`` holds the weights).
         """
         self._check_inputs(logits, sem_seg)
         logits = logits.float()
@@ -94,8 +95,8 @@ class PixelSegmentationLoss(nn.Module):
             )
         num_valid = valid.sum().clamp(min=1)  # avoids 0/0 on an all-ignore batch
         ce_sum = F.cross_entropy(logits, sem_seg, ignore_index=self.ignore_value, reduction="sum")
-        losses = {"loss_ce": self.ce_weight * ce_sum / num_valid}
-        if self.dice_weight > 0:
+        losses = {"loss_ce": ce_sum / num_valid}
+        if self.weight_dict["loss_dice"] > 0:
             target = torch.where(valid, sem_seg, torch.zeros_like(sem_seg))  # [B, H, W]
-            losses["loss_dice"] = self.dice_weight * self._dice(logits, target, valid)
+            losses["loss_dice"] = self._dice(logits, target, valid)
         return losses

@@ -10,15 +10,12 @@ for it (the 2 x 2 neighbourhood, clamped at the image border) is valid. A point 
 or padding pixel is therefore invalid, so, for predictions at the target resolution, the value of
 a prediction at ignore pixels cannot reach any counted point.
 """
-import logging
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
 __all__ = ["point_sample", "sample_valid_points", "logit_uncertainty", "sample_uncertain_points"]
-
-logger = logging.getLogger(__name__)
 
 
 def point_sample(input: torch.Tensor, point_coords: torch.Tensor, **kwargs) -> torch.Tensor:

@@ -1,12 +1,9 @@
 """2D sine position encoding of feature maps (DETR style, normalized coordinates)."""
-import logging
 import math
 from typing import Optional
 
 import torch
 from torch import nn
-
-logger = logging.getLogger(__name__)
 
 # Added to the normalizer so that the last row/column maps to just below ``scale``.
 _NORMALIZE_EPS = 1e-6

@@ -14,7 +14,7 @@ from typing import Callable, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from ..windows import window_starts
+from ..windows import sliding_windows
 
 __all__ = ["semantic_probs", "slide_inference", "tta_inference"]
 
@@ -70,41 +70,48 @@ def slide_inference(
     crop_size: Tuple[int, int],
     stride: Tuple[int, int],
     num_classes: int,
+    slide_batch: int = 1,
 ) -> torch.Tensor:
     """Sliding-window inference: average the scores of overlapping crops.
 
-    Windows of ``crop_size`` start every ``stride`` pixels; the last window of each axis is
-    shifted back to end at the image border, so every pixel is covered. Each pixel's score is
-    the mean over the windows covering it. Along an axis where the image is smaller than the
-    crop, the window is the whole axis (no padding here): ``predict`` then receives a smaller
-    crop and must accept it (padding to its size divisibility is the predictor's job).
+    The windows are :func:`dinov3_m2f.windows.sliding_windows`: every ``stride`` pixels, the last
+    one of each axis shifted back to end at the image border, so every pixel is covered. Each
+    pixel's score is the mean over the windows covering it. Along an axis where the image is
+    smaller than the crop, the window is the whole axis (no padding here): ``predict`` then
+    receives a smaller crop and must accept it (padding to its size divisibility is the
+    predictor's job).
+
+    ``slide_batch`` windows (all of one size) go through ``predict`` together, concatenated along
+    the batch axis: faster on a GPU, at the cost of ``slide_batch`` times the activation memory of
+    one window (``docs/benchmarks.md``). The scores do not depend on it beyond float rounding.
 
     Args:
-        predict: images [B, 3, h, w] -> scores [B, num_classes, h, w].
+        predict: images [B', 3, h, w] -> scores [B', num_classes, h, w].
         images: [B, 3, H, W] images (any H, W).
         crop_size: (h_crop, w_crop) window size.
         stride: (h_stride, w_stride), each in [1, crop size].
         num_classes: C, the number of score channels.
+        slide_batch: windows per ``predict`` call (``predict`` gets ``B * slide_batch`` crops,
+            window-major: the B images of the first window, then of the second, ...).
 
     Returns:
         [B, C, H, W] float32 scores on the device of ``images``.
     """
     if images.dim() != 4:
         raise ValueError(f"images must have shape [B, 3, H, W], got {tuple(images.shape)}")
-    if any(c <= 0 for c in crop_size) or any(not 0 < s <= c for s, c in zip(stride, crop_size)):
-        raise ValueError(
-            f"need crop_size > 0 and 0 < stride <= crop_size, got crop_size={crop_size}, stride={stride}"
-        )
+    if isinstance(slide_batch, bool) or not isinstance(slide_batch, int) or slide_batch < 1:
+        raise ValueError(f"slide_batch must be a positive int (windows per predict call), got {slide_batch!r}")
     batch, _, height, width = images.shape
-    crop_h, crop_w = min(crop_size[0], height), min(crop_size[1], width)
+    (crop_h, crop_w), windows = sliding_windows(height, width, crop_size=crop_size, stride=stride)
     scores = images.new_zeros((batch, num_classes, height, width), dtype=torch.float32)
     counts = images.new_zeros((1, 1, height, width), dtype=torch.float32)
-    for y in window_starts(height, crop_h, stride[0]):
-        for x in window_starts(width, crop_w, stride[1]):
-            crop = images[:, :, y : y + crop_h, x : x + crop_w]
-            crop_scores = predict(crop)  # [B, C, crop_h, crop_w]
-            _check_prediction(crop_scores, crop, num_classes)
-            scores[:, :, y : y + crop_h, x : x + crop_w] += crop_scores.float()
+    for first in range(0, len(windows), slide_batch):
+        group = windows[first : first + slide_batch]
+        crops = torch.cat([images[:, :, y : y + crop_h, x : x + crop_w] for y, x in group])  # [k*B, 3, crop_h, crop_w]
+        crop_scores = predict(crops)  # [k*B, C, crop_h, crop_w]
+        _check_prediction(crop_scores, crops, num_classes)
+        for (y, x), window_scores in zip(group, crop_scores.split(batch)):
+            scores[:, :, y : y + crop_h, x : x + crop_w] += window_scores.float()
             counts[:, :, y : y + crop_h, x : x + crop_w] += 1.0
     return scores / counts
 

@@ -3,18 +3,14 @@
 Semantic segmentation as set prediction: every class present in an image becomes one target,
 made of its class id and a binary mask. The label map also says where supervision is absent:
 pixels equal to ``ignore_value`` (annotated "ignore", and the padding added to batch images of
-different sizes, which the data pipeline fills with ``ignore_value``) are marked invalid, and the
-matcher and the criterion leave them out.
+different sizes, which the meta-architecture fills with ``ignore_value``) are marked invalid, and
+the matcher and the criterion leave them out.
 """
-import logging
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 
 __all__ = ["semseg_to_targets", "prepare_targets"]
-
-logger = logging.getLogger(__name__)
 
 
 def semseg_to_targets(
@@ -66,40 +62,19 @@ def semseg_to_targets(
 
 
 def prepare_targets(
-    sem_segs: Union[Sequence[torch.Tensor], torch.Tensor],
-    *,
-    num_classes: int,
-    ignore_value: int = 255,
-    padded_size: Optional[Tuple[int, int]] = None,
+    sem_segs: Union[Sequence[torch.Tensor], torch.Tensor], *, num_classes: int, ignore_value: int = 255
 ) -> List[Dict[str, torch.Tensor]]:
     """Build the targets of a batch.
 
     Args:
-        sem_segs: a [B, H, W] integer tensor, or a sequence of [H_i, W_i] integer tensors.
+        sem_segs: a [B, H, W] integer tensor, or a sequence of [H_i, W_i] integer tensors. The
+            matcher and the criterion need all targets of a batch at one (padded) size.
         num_classes: number of foreground classes.
         ignore_value: label of pixels that carry no supervision.
-        padded_size: (H, W) of the padded image batch. When given, each label map is padded at
-            the bottom/right with ``ignore_value`` to that size, so padding is invalid. The matcher
-            and criterion need all targets of a batch at the same size.
 
     Returns:
         list of B dicts, see :func:`semseg_to_targets`.
-
-    Raises:
-        ValueError: a label map larger than ``padded_size``, or any error of
-            :func:`semseg_to_targets`.
     """
     if isinstance(sem_segs, torch.Tensor) and sem_segs.dim() != 3:
         raise ValueError(f"sem_segs tensor must have shape [B, H, W], got {tuple(sem_segs.shape)}")
-    targets = []
-    for sem_seg in sem_segs:
-        if padded_size is not None:
-            pad_h = padded_size[0] - sem_seg.shape[-2]
-            pad_w = padded_size[1] - sem_seg.shape[-1]
-            if pad_h < 0 or pad_w < 0:
-                raise ValueError(
-                    f"label map of size {tuple(sem_seg.shape)} is larger than padded_size={padded_size}"
-                )
-            sem_seg = F.pad(sem_seg, (0, pad_w, 0, pad_h), value=ignore_value)
-        targets.append(semseg_to_targets(sem_seg, num_classes=num_classes, ignore_value=ignore_value))
-    return targets
+    return [semseg_to_targets(s, num_classes=num_classes, ignore_value=ignore_value) for s in sem_segs]

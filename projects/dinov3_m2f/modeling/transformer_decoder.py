@@ -1,15 +1,13 @@
 """Mask2Former transformer decoder: learnable queries with masked cross-attention over 3 scales."""
-import logging
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from fvcore.nn.weight_init import c2_xavier_fill
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .blocks import MLP, c2_xavier_fill
+from .blocks import MLP
 from .position_encoding import PositionEmbeddingSine
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["MultiScaleMaskedTransformerDecoder"]
 
@@ -103,14 +101,8 @@ class _AttentionLayer(_ResidualLayer):
 
 
 class SelfAttentionLayer(_AttentionLayer):
-    """Query self-attention with residual and LayerNorm (post-norm or pre-norm).
-
-    Args:
-        d_model: channels.
-        nhead: heads.
-        dropout: attention and residual dropout.
-        pre_norm: normalize before the attention instead of after the residual sum.
-    """
+    """Query self-attention with residual and LayerNorm (post-norm or pre-norm); arguments of
+    :class:`_AttentionLayer`."""
 
     attn_name = "self_attn"
     self_attn: nn.MultiheadAttention
@@ -133,14 +125,8 @@ class SelfAttentionLayer(_AttentionLayer):
 
 
 class CrossAttentionLayer(_AttentionLayer):
-    """Queries attend to one level of pixel features, with an optional attention mask.
-
-    Args:
-        d_model: channels.
-        nhead: heads.
-        dropout: attention and residual dropout.
-        pre_norm: normalize before the attention instead of after the residual sum.
-    """
+    """Queries attend to one level of pixel features, with an optional attention mask; arguments
+    of :class:`_AttentionLayer`."""
 
     attn_name = "multihead_attn"
     multihead_attn: nn.MultiheadAttention

@@ -1,84 +1,188 @@
-"""Load DINOv3 ViT weights from the official (Meta) or the Hugging Face format.
+"""Load DINOv3 ViT weights from the official (Meta) or the Hugging Face format, tensor by tensor.
 
 Supported inputs:
 
-* a Meta ``.pth`` / ``.pt`` file (``torch.load(weights_only=True)``), either a raw state dict or a
-  dict wrapping it under ``"model"``, ``"teacher"``, ``"state_dict"`` or ``"module"``; ``backbone.``
-  / ``module.`` key prefixes are handled;
-* a ``.safetensors`` file with Meta or Hugging Face key names;
+* a Meta ``.pth`` / ``.pt`` file, read with ``torch.load(mmap=True, weights_only=True)`` (files that
+  are not in torch's zip format are read whole), either a raw state dict or a dict wrapping it under
+  ``"model"``, ``"teacher"``, ``"state_dict"`` or ``"module"``; ``backbone.`` / ``module.`` key
+  prefixes are handled;
+* a ``.safetensors`` file with Meta or Hugging Face key names (safetensors' ``safe_open``);
 * a Hugging Face model directory: ``config.json`` plus ``model.safetensors`` or
-  ``model.safetensors.index.json`` with its shards.
+  ``model.safetensors.index.json`` with its shards, read one shard at a time. ``config.json`` is
+  compared with the model (:func:`~.hf_format.check_hf_config`).
 
 Loading is strict: every model key must come from the checkpoint and every checkpoint key must be
-used, except a few keys that do not affect inference (see :data:`OPTIONAL_KEY_PATTERNS`).
+used, except a few keys that do not affect inference (see :data:`OPTIONAL_KEY_PATTERNS`); this is
+checked on names and shapes before any tensor data is read.
+
+Memory: every model tensor is allocated once, in its final dtype and on its final device, and
+filled from the file (the dtype conversion happens in the copy), so a model built on the meta device
+is materialised without a second copy of its weights. The files are mapped, not read: their pages
+come in when a tensor is copied, and on Linux they are handed back (``madvise(MADV_DONTNEED)`` on
+the file's own mapping) right after, so the resident set stays about the size of the model.
 """
+import contextlib
+import ctypes
+import dataclasses
 import json
 import logging
+import mmap
 import os
 import re
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Set, Tuple, Union
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ...utils import safe_torch_load
-from .rope import compute_rope_periods
-from .vit import LAYER_NORM_EPS, DinoVisionTransformer
+from .hf_format import (
+    K_BIAS_CHUNK,
+    QKV_NAMES,
+    check_hf_config,
+    has_gated_mlp,
+    is_hf_state_dict,
+    official_key,
+    official_shape,
+)
+from .vit import DinoVisionTransformer
 
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
-StateDict = Dict[str, Tensor]
+TensorGetter = Callable[[str], Tensor]
 
 HF_CONFIG_NAME = "config.json"
 HF_WEIGHTS_NAME = "model.safetensors"
 HF_INDEX_NAME = "model.safetensors.index.json"
 # Keys under which training checkpoints wrap the backbone state dict (checked in this order).
 WRAPPER_KEYS = ("teacher", "model", "state_dict", "module")
-# Key prefixes stripped from Meta-format state dicts (a backbone inside a larger model, DDP).
+# Key prefixes stripped from checkpoint keys (a backbone inside a larger model, DDP).
 STRIPPED_PREFIXES = ("backbone.", "module.")
 # Keys the loader tolerates when absent from the checkpoint or from the model: unused at inference
-# (mask token, local-crop cls norm) or derivable (bias mask, RoPE periods of HF checkpoints).
+# (mask token, local-crop cls norm) or derivable (bias mask). Absent ones get their initial value.
 OPTIONAL_KEY_PATTERNS = (
     re.compile(r"mask_token"),
     re.compile(r"local_cls_norm\.(weight|bias)"),
     re.compile(r"blocks\.\d+\.attn\.qkv\.bias_mask"),
 )
+# Keys Hugging Face checkpoints never hold: computed from config.json's rope_theta, which is checked
+# to equal the model's RoPE base (Meta checkpoints must hold them: their values are bf16-rounded).
+HF_DERIVED_KEYS = ("rope_embed.periods",)
+# First bytes of a zip archive: torch.save's format since torch 1.6, the only one torch can mmap.
+_ZIP_MAGIC = b"PK\x03\x04"
 # Number of key names quoted in error messages.
 _MAX_KEYS_IN_ERROR = 5
-# Official activation of each FFN type (Hugging Face ``hidden_act``).
-_HF_ACT = {"mlp": "gelu", "swiglu": "silu"}
 
-_HF_LAYER_RE = re.compile(r"^(?:model\.)?layer\.(\d+)\.(.+)$")
-_HF_LAYER_RENAMES = {
-    "norm1": "norm1",
-    "norm2": "norm2",
-    "attention.o_proj": "attn.proj",
-    "layer_scale1.lambda1": "ls1.gamma",
-    "layer_scale2.lambda1": "ls2.gamma",
-}
-_HF_MLP_RENAMES = {"up_proj": "fc1", "down_proj": "fc2"}
-_HF_SWIGLU_RENAMES = {"gate_proj": "w1", "up_proj": "w2", "down_proj": "w3"}
-_HF_TOP_RENAMES = {
-    "embeddings.cls_token": "cls_token",
-    "embeddings.register_tokens": "storage_tokens",
-    "embeddings.patch_embeddings.weight": "patch_embed.proj.weight",
-    "embeddings.patch_embeddings.bias": "patch_embed.proj.bias",
-    "norm.weight": "norm.weight",
-    "norm.bias": "norm.bias",
-}
-_QKV = ("q_proj", "k_proj", "v_proj")
+
+# ---------------------------------------------------------------------------- mapped file pages
+def _load_libc() -> Optional[ctypes.CDLL]:
+    if not hasattr(mmap, "MADV_DONTNEED"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return libc
+
+
+_LIBC = _load_libc()
+
+
+class _PageReleaser:
+    """Drops this process's mapping of the file pages behind tensors that were read from a file.
+
+    The pages stay in the kernel's page cache (and are mapped again if touched); the process's
+    resident set no longer counts them. Only pages inside the mappings of that one file, listed in
+    ``/proc/self/maps`` when the releaser is made, are touched, so memory of any other kind is never
+    affected; without ``/proc`` or ``madvise`` nothing is released.
+
+    Args:
+        path: the file the tensors are views of (already mapped).
+    """
+
+    def __init__(self, path: str) -> None:
+        self._ranges: List[Tuple[int, int]] = []
+        if _LIBC is None:
+            return
+        real_path = os.path.realpath(path)
+        try:
+            with open("/proc/self/maps", encoding="utf-8") as maps:
+                for line in maps:
+                    # "start-end perms offset dev inode pathname"
+                    fields = line.rstrip("\n").split(maxsplit=5)
+                    if len(fields) == 6 and fields[5] == real_path:
+                        start, end = fields[0].split("-")
+                        self._ranges.append((int(start, 16), int(end, 16)))
+        except OSError:
+            self._ranges = []
+
+    def __call__(self, tensor: Tensor) -> None:
+        """Release the whole pages of ``tensor`` that lie in the file's mappings."""
+        begin = tensor.data_ptr()
+        end = begin + tensor.nbytes
+        for low, high in self._ranges:
+            start = -(-max(begin, low) // mmap.PAGESIZE) * mmap.PAGESIZE  # rounded up to a page
+            stop = min(end, high) // mmap.PAGESIZE * mmap.PAGESIZE
+            if stop > start and _LIBC.madvise(start, stop - start, mmap.MADV_DONTNEED) != 0:
+                logger.debug("madvise failed (errno %d): pages stay resident", ctypes.get_errno())
 
 
 # ---------------------------------------------------------------------------- reading files
-def _safetensors_load(path: str) -> StateDict:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+class _PthFile:
+    """A Meta ``.pth``/``.pt`` file, mapped with ``torch.load(mmap=True, weights_only=True)``.
 
-    try:
-        return load_file(path, device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ValueError(f"Could not read safetensors file {path!r}: {exc}") from exc
+    Attributes:
+        path: the file.
+        shapes: key in the file -> shape, read without touching tensor data.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        with open(path, "rb") as f:
+            mapped = f.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC
+        if not mapped:
+            logger.info("%s is not a zip-format torch file: it is read whole instead of mapped", path)
+        loaded = safe_torch_load(path, what="DINOv3 checkpoint", mmap=mapped)
+        self._tensors = _unwrap_state_dict(loaded, path)
+        self.shapes = {key: list(value.shape) for key, value in self._tensors.items()}
+
+    @contextlib.contextmanager
+    def tensors(self) -> Iterator[TensorGetter]:
+        """The context gives ``key -> tensor`` (a view of the mapped file)."""
+        yield self._tensors.__getitem__
+
+
+class _SafetensorsFile:
+    """A ``.safetensors`` file, opened with safetensors' ``safe_open`` (tensors are views of the mapped file).
+
+    Attributes:
+        path: the file.
+        shapes: key in the file -> shape, read from the header.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        with self._open() as handle:
+            self.shapes = {key: list(handle.get_slice(key).get_shape()) for key in handle.keys()}
+
+    @contextlib.contextmanager
+    def _open(self) -> Iterator[Any]:
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            handle = safe_open(self.path, framework="pt", device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ValueError(f"Could not read safetensors file {self.path!r}: {exc}") from exc
+        with handle:
+            yield handle
+
+    @contextlib.contextmanager
+    def tensors(self) -> Iterator[TensorGetter]:
+        """Open the file; the context gives ``key -> tensor``."""
+        with self._open() as handle:
+            yield handle.get_tensor
+
+
+# A checkpoint file whose tensors are read one at a time.
+_TensorFile = Union[_PthFile, _SafetensorsFile]
 
 
 def _read_json(path: str) -> Dict[str, Any]:
@@ -89,7 +193,7 @@ def _read_json(path: str) -> Dict[str, Any]:
         raise ValueError(f"Could not read JSON file {path!r}: {exc}") from exc
 
 
-def _unwrap_state_dict(obj: Any, path: str) -> StateDict:
+def _unwrap_state_dict(obj: Any, path: str) -> Dict[str, Tensor]:
     """Find the tensor dict inside a (possibly wrapped) training checkpoint."""
     while isinstance(obj, Mapping):
         wrapper = next((key for key in WRAPPER_KEYS if isinstance(obj.get(key), Mapping)), None)
@@ -107,220 +211,128 @@ def _unwrap_state_dict(obj: Any, path: str) -> StateDict:
     return dict(obj)
 
 
-def _strip_prefixes(state_dict: StateDict, path: str) -> StateDict:
+def _strip_prefixes(names: Iterable[str], path: str) -> Dict[str, str]:
+    """Map checkpoint keys without the :data:`STRIPPED_PREFIXES` to the keys in the file."""
+    keys = {name: name for name in names}
     for prefix in STRIPPED_PREFIXES:
-        matching = [key for key in state_dict if key.startswith(prefix)]
+        matching = [key for key in keys if key.startswith(prefix)]
         if not matching:
             continue
-        dropped = len(state_dict) - len(matching)
+        dropped = len(keys) - len(matching)
         if dropped:
             logger.info(
                 "Checkpoint %s: keeping the %d %r keys, dropping %d others", path, len(matching), prefix, dropped
             )
-        state_dict = {key[len(prefix) :]: state_dict[key] for key in matching}
-    return state_dict
+        keys = {key[len(prefix) :]: keys[key] for key in matching}
+    return keys
 
 
-def _read_hf_directory(path: str) -> Tuple[StateDict, Optional[Dict[str, Any]]]:
+def _hf_directory(path: str) -> Tuple[List[_TensorFile], Optional[Tuple[str, Dict[str, Any]]]]:
+    """The weight files of a Hugging Face model directory and its ``(config path, config)``, if any."""
     config_path = os.path.join(path, HF_CONFIG_NAME)
-    config = _read_json(config_path) if os.path.isfile(config_path) else None
+    config = (config_path, _read_json(config_path)) if os.path.isfile(config_path) else None
     single = os.path.join(path, HF_WEIGHTS_NAME)
     index_path = os.path.join(path, HF_INDEX_NAME)
     if os.path.isfile(single):
-        return _safetensors_load(single), config
-    if os.path.isfile(index_path):
-        weight_map = _read_json(index_path).get("weight_map")
-        if not isinstance(weight_map, Mapping) or not weight_map:
-            raise ValueError(f"{index_path!r} has no 'weight_map'")
-        state_dict: StateDict = {}
-        for shard in sorted(set(weight_map.values())):
-            state_dict.update(_safetensors_load(os.path.join(path, shard)))
-        missing = sorted(set(weight_map) - set(state_dict))
-        if missing:
-            raise ValueError(f"Shards listed in {index_path!r} lack keys {missing[:_MAX_KEYS_IN_ERROR]}")
-        return state_dict, config
-    raise ValueError(f"Directory {path!r} has neither {HF_WEIGHTS_NAME} nor {HF_INDEX_NAME}")
+        return [_SafetensorsFile(single)], config
+    if not os.path.isfile(index_path):
+        raise ValueError(f"Directory {path!r} has neither {HF_WEIGHTS_NAME} nor {HF_INDEX_NAME}")
+    weight_map = _read_json(index_path).get("weight_map")
+    if not isinstance(weight_map, Mapping) or not weight_map:
+        raise ValueError(f"{index_path!r} has no 'weight_map'")
+    shards = {shard: _SafetensorsFile(os.path.join(path, shard)) for shard in sorted(set(weight_map.values()))}
+    missing = sorted(key for key, shard in weight_map.items() if key not in shards[shard].shapes)
+    if missing:
+        raise ValueError(f"Shards listed in {index_path!r} lack keys {missing[:_MAX_KEYS_IN_ERROR]}")
+    return list(shards.values()), config
 
 
-def read_dinov3_checkpoint(path: PathLike) -> Tuple[StateDict, Optional[Dict[str, Any]]]:
-    """Read the raw state dict (and the HF ``config.json`` if any) of a DINOv3 checkpoint.
+# ---------------------------------------------------------------------------- what the checkpoint holds
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    """One tensor of a checkpoint file and the model tensor (or qkv third) it fills."""
 
-    Args:
-        path: ``.pth``/``.pt`` file, ``.safetensors`` file or Hugging Face directory.
+    name: str  # key in the file
+    key: str  # official key
+    shape: List[int]  # shape under the official key (of one third for a q/k/v projection)
+    chunk: Optional[int] = None  # q/k/v third of the fused qkv tensor it fills; None = whole tensor
 
-    Returns:
-        ``(state_dict, hf_config)``; keys are unmodified apart from wrapper/prefix removal.
-    """
-    path = os.fspath(path)
+
+@dataclasses.dataclass
+class _Checkpoint:
+    """Everything about a checkpoint but its tensor data."""
+
+    path: str
+    parts: List[Tuple[_TensorFile, List[_Entry]]]  # files in reading order, with their entries
+    hf_naming: bool
+    hf_config: Optional[Tuple[str, Dict[str, Any]]]  # (path, content) of config.json
+
+
+def _open_checkpoint(path: str) -> _Checkpoint:
+    hf_config = None
     if os.path.isdir(path):
-        return _read_hf_directory(path)
-    if not os.path.isfile(path):
+        files, hf_config = _hf_directory(path)
+    elif not os.path.isfile(path):
         raise FileNotFoundError(f"DINOv3 checkpoint {path!r} does not exist")
-    if path.endswith(".safetensors"):
-        return _strip_prefixes(_safetensors_load(path), path), None
-    return _strip_prefixes(_unwrap_state_dict(safe_torch_load(path, what="DINOv3 checkpoint"), path), path), None
+    elif path.endswith(".safetensors"):
+        files = [_SafetensorsFile(path)]
+    else:
+        files = [_PthFile(path)]
+    located = {name: file for file in files for name in file.shapes}
+    names = _strip_prefixes(located, path)  # checkpoint key -> key in the file
+    hf_naming = is_hf_state_dict(names)
+    gated = hf_naming and has_gated_mlp(names)
+    entries: Dict[int, List[_Entry]] = {id(file): [] for file in files}
+    for key, name in names.items():
+        shape = located[name].shapes[name]
+        if hf_naming:
+            target = official_key(key, gated=gated)
+            entry = _Entry(name, target.key, official_shape(key, shape), target.chunk)
+        else:
+            entry = _Entry(name, key, shape)
+        entries[id(located[name])].append(entry)
+    return _Checkpoint(path, [(file, entries[id(file)]) for file in files], hf_naming, hf_config)
 
 
-# ---------------------------------------------------------------------------- HF <-> Meta keys
-def is_hf_state_dict(state_dict: Mapping[str, Tensor]) -> bool:
-    """True if the keys follow the Hugging Face ``DINOv3ViTModel`` naming."""
-    return any(key.startswith("embeddings.") or _HF_LAYER_RE.match(key) for key in state_dict)
-
-
-def _fuse_qkv(parts: Dict[str, Dict[str, Tensor]], layer: str, path: str) -> StateDict:
-    weights = parts.get("weight", {})
-    if set(weights) != set(_QKV):
-        raise ValueError(f"{path!r}: layer {layer} has attention weights {sorted(weights)}, expected {list(_QKV)}")
-    fused = {"weight": torch.cat([weights[name] for name in _QKV], dim=0)}  # [3D, D]
-    biases = parts.get("bias", {})
-    if biases:
-        # HF drops the k bias (it is masked to zero in the official model): restore it as zeros.
-        reference = next(iter(biases.values()))
-        fused["bias"] = torch.cat([biases.get(name, torch.zeros_like(reference)) for name in _QKV])  # [3D]
-    return fused
-
-
-def convert_hf_state_dict(state_dict: Mapping[str, Tensor], *, path: str = "<state_dict>") -> StateDict:
-    """Rename a Hugging Face ``DINOv3ViTModel`` state dict to the official key names.
-
-    Unknown keys are passed through unchanged (the strict loader reports them). RoPE periods are
-    not part of HF checkpoints and are not added here.
-
-    Args:
-        state_dict: HF keys (``layer.i.*`` or ``model.layer.i.*``).
-        path: file name used in error messages.
+def _assembled_shapes(checkpoint: _Checkpoint) -> Tuple[Dict[str, List[int]], Set[str]]:
+    """Official key -> shape of the checkpoint, with q/k/v projections fused.
 
     Returns:
-        State dict with official key names.
+        The shapes, and the fused qkv biases whose k third is absent (HF files drop it: it stays 0).
     """
-    out: StateDict = {}
-    qkv: Dict[str, Dict[str, Dict[str, Tensor]]] = {}
-    for key, value in state_dict.items():
-        if key in _HF_TOP_RENAMES:
-            out[_HF_TOP_RENAMES[key]] = value
-            continue
-        if key == "embeddings.mask_token":
-            out["mask_token"] = value.reshape(1, -1)  # [1, 1, D] -> [1, D]
-            continue
-        match = _HF_LAYER_RE.match(key)
-        if match is None:
-            out[key] = value
-            continue
-        layer, rest = match.groups()
-        prefix = f"blocks.{layer}."
-        module, _, param = rest.rpartition(".")
-        attn_match = re.fullmatch(r"attention\.([qkv]_proj)", module)
-        mlp_match = re.fullmatch(r"mlp\.(\w+)", module)
-        if attn_match:
-            qkv.setdefault(layer, {}).setdefault(param, {})[attn_match.group(1)] = value
-        elif module in _HF_LAYER_RENAMES:
-            out[prefix + _HF_LAYER_RENAMES[module] + "." + param] = value
-        elif rest in _HF_LAYER_RENAMES:
-            out[prefix + _HF_LAYER_RENAMES[rest]] = value
-        elif mlp_match:
-            gated = f"layer.{layer}.mlp.gate_proj.weight" in state_dict or (
-                f"model.layer.{layer}.mlp.gate_proj.weight" in state_dict
-            )
-            renames = _HF_SWIGLU_RENAMES if gated else _HF_MLP_RENAMES
-            name = renames.get(mlp_match.group(1), mlp_match.group(1))
-            out[f"{prefix}mlp.{name}.{param}"] = value
-        else:
-            out[key] = value
-    for layer, parts in qkv.items():
-        for param, tensor in _fuse_qkv(parts, layer, path).items():
-            out[f"blocks.{layer}.attn.qkv.{param}"] = tensor
-    return out
-
-
-def convert_to_hf_state_dict(state_dict: Mapping[str, Tensor], *, layer_prefix: str = "layer.") -> StateDict:
-    """Rename an official-format DINOv3 state dict to Hugging Face ``DINOv3ViTModel`` keys.
-
-    The masked k bias is dropped (HF has no k bias); ``rope_embed.periods``, ``bias_mask`` and
-    ``local_cls_norm`` have no HF counterpart and are dropped too.
-
-    Args:
-        state_dict: official key names.
-        layer_prefix: prefix of the block keys: ``"layer."`` (published files) or ``"model.layer."``
-            (the module tree of ``DINOv3ViTModel`` in transformers 5).
-
-    Returns:
-        State dict with HF key names (new tensors; safe to save with safetensors).
-    """
-    top = {ours: theirs for theirs, ours in _HF_TOP_RENAMES.items()}
-    layer_renames = {ours: theirs for theirs, ours in _HF_LAYER_RENAMES.items()}
-    mlp_renames = {ours: theirs for theirs, ours in (*_HF_MLP_RENAMES.items(), *_HF_SWIGLU_RENAMES.items())}
-    block_re = re.compile(r"^blocks\.(\d+)\.(.+)$")
-    out: StateDict = {}
-    for key, value in state_dict.items():
-        value = value.detach().clone()
-        match = block_re.match(key)
-        if key in top:
-            out[top[key]] = value
-        elif key == "mask_token":
-            out["embeddings.mask_token"] = value.reshape(1, 1, -1)  # [1, D] -> [1, 1, D]
-        elif key == "rope_embed.periods" or key.startswith("local_cls_norm.") or key.endswith("bias_mask"):
-            continue
-        elif match is None:
-            raise ValueError(f"No Hugging Face equivalent for DINOv3 key {key!r}")
-        else:
-            layer, rest = match.groups()
-            prefix = f"{layer_prefix}{layer}."
-            module, _, param = rest.rpartition(".")
-            if module == "attn.qkv":
-                for name, chunk in zip(_QKV, value.chunk(3, dim=0)):
-                    if not (param == "bias" and name == "k_proj"):
-                        out[f"{prefix}attention.{name}.{param}"] = chunk.clone()
-            elif rest in layer_renames:
-                out[prefix + layer_renames[rest]] = value
-            elif module in layer_renames:
-                out[f"{prefix}{layer_renames[module]}.{param}"] = value
-            elif module.startswith("mlp."):
-                out[f"{prefix}mlp.{mlp_renames[module[len('mlp.'):]]}.{param}"] = value
+    shapes: Dict[str, List[int]] = {}
+    thirds: Dict[str, Dict[int, List[int]]] = {}
+    for _, entries in checkpoint.parts:
+        for entry in entries:
+            if entry.chunk is None:
+                shapes[entry.key] = entry.shape
             else:
-                raise ValueError(f"No Hugging Face equivalent for DINOv3 key {key!r}")
-    return out
+                thirds.setdefault(entry.key, {})[entry.chunk] = entry.shape
+    partial = set()
+    for key, chunks in thirds.items():
+        absent = set(range(len(QKV_NAMES))) - set(chunks)
+        may_be_absent = {K_BIAS_CHUNK} if key.endswith(".bias") else set()
+        if absent - may_be_absent or len({tuple(shape) for shape in chunks.values()}) != 1:
+            found = {QKV_NAMES[chunk]: shape for chunk, shape in sorted(chunks.items())}
+            raise ValueError(
+                f"{checkpoint.path!r}: {key} is made from the projections {found} (name: shape); expected "
+                f"{list(QKV_NAMES)} of one shape (the k bias may be absent)"
+            )
+        third = next(iter(chunks.values()))
+        shapes[key] = [third[0] * len(QKV_NAMES), *third[1:]]  # [3 * D, ...]
+        if absent:
+            partial.add(key)
+    return shapes, partial
 
 
-def hf_config_from_model(model: DinoVisionTransformer) -> Dict[str, Any]:
-    """``config.json`` content of the Hugging Face ``DINOv3ViTModel`` equivalent to ``model``."""
-    block = model.blocks[0]
-    gated = hasattr(block.mlp, "w1")
-    hidden = block.mlp.w1.out_features if gated else block.mlp.fc1.out_features
-    ffn_bias = (block.mlp.w1 if gated else block.mlp.fc1).bias is not None
-    qkv_bias = block.attn.qkv.bias is not None
-    layerscale = getattr(block.ls1, "gamma", None)
-    if layerscale is None:
-        raise ValueError("Hugging Face DINOv3 models always have LayerScale; this model has none")
-    return {
-        "model_type": "dinov3_vit",
-        "architectures": ["DINOv3ViTModel"],
-        "hidden_size": model.embed_dim,
-        "intermediate_size": hidden,
-        "num_hidden_layers": model.n_blocks,
-        "num_attention_heads": model.num_heads,
-        "hidden_act": _HF_ACT["swiglu" if gated else "mlp"],
-        "use_gated_mlp": gated,
-        "layer_norm_eps": LAYER_NORM_EPS,
-        "rope_theta": model.rope_embed.base,
-        "patch_size": model.patch_size,
-        "num_channels": model.in_chans,
-        "query_bias": qkv_bias,
-        "key_bias": qkv_bias and not hasattr(block.attn.qkv, "bias_mask"),
-        "value_bias": qkv_bias,
-        "proj_bias": block.attn.proj.bias is not None,
-        "mlp_bias": ffn_bias,
-        "num_register_tokens": model.n_storage_tokens,
-    }
-
-
-# ---------------------------------------------------------------------------- strict loading
+# ---------------------------------------------------------------------------- strict checks
 def _is_optional(key: str) -> bool:
     return any(pattern.fullmatch(key) for pattern in OPTIONAL_KEY_PATTERNS)
 
 
-def _checkpoint_size(state_dict: Mapping[str, Tensor]) -> Tuple[Optional[int], int]:
-    embed_dim = state_dict["cls_token"].shape[-1] if "cls_token" in state_dict else None
-    blocks = {int(m.group(1)) for m in (re.match(r"^blocks\.(\d+)\.", k) for k in state_dict) if m}
+def _checkpoint_size(shapes: Mapping[str, List[int]]) -> Tuple[Optional[int], int]:
+    embed_dim = shapes["cls_token"][-1] if "cls_token" in shapes else None
+    blocks = {int(m.group(1)) for m in (re.match(r"^blocks\.(\d+)\.", k) for k in shapes) if m}
     return embed_dim, (max(blocks) + 1 if blocks else 0)
 
 
@@ -330,16 +342,20 @@ def _format_keys(keys: List[str]) -> str:
     return f"{shown}, ... ({more} more)" if more > 0 else shown
 
 
-def _check_compatible(model: DinoVisionTransformer, state_dict: Mapping[str, Tensor], path: str) -> None:
-    embed_dim, depth = _checkpoint_size(state_dict)
+def _check_compatible(
+    model: DinoVisionTransformer, shapes: Mapping[str, List[int]], path: str, *, derived: Iterable[str]
+) -> None:
+    """Raise naming the file and the keys if the checkpoint's names or shapes do not fit ``model``."""
+    embed_dim, depth = _checkpoint_size(shapes)
     if embed_dim != model.embed_dim or depth != model.n_blocks:
         raise ValueError(
             f"DINOv3 checkpoint {path!r} has embed_dim={embed_dim}, depth={depth} but the model has "
             f"embed_dim={model.embed_dim}, depth={model.n_blocks}"
         )
     expected = model.state_dict()
-    missing = sorted(k for k in expected if k not in state_dict and not _is_optional(k))
-    unexpected = sorted(k for k in state_dict if k not in expected and not _is_optional(k))
+    derived = set(derived)
+    missing = sorted(k for k in expected if k not in shapes and not _is_optional(k) and k not in derived)
+    unexpected = sorted(k for k in shapes if k not in expected and not _is_optional(k))
     if missing or unexpected:
         parts = []
         if missing:
@@ -348,38 +364,119 @@ def _check_compatible(model: DinoVisionTransformer, state_dict: Mapping[str, Ten
             parts.append(f"unexpected keys ({len(unexpected)}): {_format_keys(unexpected)}")
         raise ValueError(f"DINOv3 checkpoint {path!r} does not match the model: " + "; ".join(parts))
     mismatched = [
-        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+        f"{k}: checkpoint {tuple(shapes[k])} vs model {tuple(v.shape)}"
         for k, v in expected.items()
-        if k in state_dict and state_dict[k].shape != v.shape
+        if k in shapes and list(v.shape) != list(shapes[k])
     ]
     if mismatched:
         raise ValueError(f"DINOv3 checkpoint {path!r} has shape mismatches: {_format_keys(mismatched)}")
-    for key, tensor in state_dict.items():
-        if key.endswith("bias_mask") and not torch.isfinite(tensor).all():
-            raise ValueError(f"DINOv3 checkpoint {path!r} has a non-finite {key} (uninitialised bias mask)")
 
 
-def load_dinov3_weights(model: DinoVisionTransformer, path: PathLike) -> None:
+def _check_bias_masks(checkpoint: _Checkpoint) -> None:
+    """Raise if a stored ``bias_mask`` is not finite (the official code leaves it NaN until loaded)."""
+    for file, entries in checkpoint.parts:
+        masks = [entry for entry in entries if entry.key.endswith("bias_mask")]
+        if not masks:
+            continue
+        with file.tensors() as get:
+            for entry in masks:
+                if not torch.isfinite(get(entry.name)).all():
+                    raise ValueError(
+                        f"DINOv3 checkpoint {checkpoint.path!r} has a non-finite {entry.key} (uninitialised bias mask)"
+                    )
+
+
+# ---------------------------------------------------------------------------- materialising
+def assign_tensor(model: nn.Module, key: str, tensor: Tensor) -> None:
+    """Make ``tensor`` the parameter or buffer ``key`` of ``model`` (a parameter keeps its ``requires_grad``).
+
+    Args:
+        model: the module.
+        key: a ``state_dict`` key of ``model``.
+        tensor: the new value (any dtype and device; it is not copied).
+    """
+    module_name, _, name = key.rpartition(".")
+    module = model.get_submodule(module_name)
+    current = getattr(module, name)
+    if isinstance(current, nn.Parameter):
+        tensor = nn.Parameter(tensor, requires_grad=current.requires_grad)
+    setattr(module, name, tensor)
+
+
+def _materialize(
+    model: DinoVisionTransformer,
+    checkpoint: _Checkpoint,
+    *,
+    partial: Set[str],
+    dtype: Optional[torch.dtype],
+    device: Optional[torch.device],
+) -> None:
+    """Give every model tensor a new value from the checkpoint (or its initial value, for absent optional keys)."""
+    specs = {key: (value.shape, value.dtype, value.device) for key, value in model.state_dict().items()}
+    created: Dict[str, Tensor] = {}
+
+    def target(key: str) -> Tensor:
+        if key not in created:
+            shape, current_dtype, current_device = specs[key]
+            new_dtype = current_dtype if dtype is None else model.storage_dtype(key, dtype)
+            new_device = device if device is not None else current_device
+            if new_device.type == "meta":
+                new_device = torch.device("cpu")
+            make = torch.zeros if key in partial else torch.empty  # an absent k-bias third stays 0
+            created[key] = make(shape, dtype=new_dtype, device=new_device)
+            assign_tensor(model, key, created[key])
+        return created[key]
+
+    for file, entries in checkpoint.parts:
+        with file.tensors() as get:
+            release = _PageReleaser(file.path)
+            for entry in entries:
+                if entry.key not in specs:  # an optional key the model does not have
+                    continue
+                source = get(entry.name)
+                dest = target(entry.key)
+                if entry.chunk is not None:
+                    dest = dest.chunk(len(QKV_NAMES), dim=0)[entry.chunk]  # [D, ...] third of [3D, ...]
+                dest.copy_(source.reshape(entry.shape))
+                release(source)
+    for key in specs.keys() - created.keys():  # optional or derived keys the checkpoint lacks
+        target(key).copy_(model.initial_value(key))
+
+
+def load_dinov3_weights(
+    model: DinoVisionTransformer,
+    path: PathLike,
+    *,
+    dtype: Optional[torch.dtype] = None,
+    device: Optional[Union[str, torch.device]] = None,
+) -> None:
     """Load official (Meta) or Hugging Face DINOv3 ViT weights into ``model``, strictly.
 
-    The format is detected from the path and the key names. For HF checkpoints the RoPE periods
-    are recomputed from ``config.json``'s ``rope_theta`` (or the model's base without a config).
-    Keys matching :data:`OPTIONAL_KEY_PATTERNS` may be absent on either side; absent model keys
-    keep their initial values.
+    The format is detected from the path and the key names. Names and shapes are checked before any
+    data is read. Every model tensor is then replaced by a new one, allocated in its final dtype and
+    device and filled tensor by tensor, so ``model`` may live on the meta device (see
+    :func:`~.build.build_frozen_dinov3`). Keys matching :data:`OPTIONAL_KEY_PATTERNS` may be absent on
+    either side; absent model keys get their initial value. For HF checkpoints the RoPE periods are
+    computed from the model's base, which ``config.json``'s ``rope_theta`` must equal.
 
     Args:
         model: the backbone to fill (its ``requires_grad`` flags are kept).
         path: ``.pth``/``.pt`` file, ``.safetensors`` file or HF model directory.
+        dtype: dtype of the frozen weights (see :meth:`DinoVisionTransformer.storage_dtype`); None keeps
+            each tensor's current dtype.
+        device: device of the loaded tensors; None keeps each tensor's device (the CPU for meta tensors).
     """
     path = os.fspath(path)
-    state_dict, hf_config = read_dinov3_checkpoint(path)
-    if is_hf_state_dict(state_dict):
-        state_dict = convert_hf_state_dict(state_dict, path=path)
-        base = float(hf_config.get("rope_theta", model.rope_embed.base)) if hf_config else model.rope_embed.base
-        state_dict["rope_embed.periods"] = compute_rope_periods(head_dim=model.rope_embed.head_dim, base=base)
-        logger.info("Loading Hugging Face-format DINOv3 weights from %s (RoPE base %s)", path, base)
-    else:
-        logger.info("Loading official-format DINOv3 weights from %s", path)
-    _check_compatible(model, state_dict, path)
-    # Only optional keys can still be missing or unexpected here; strict=False skips them.
-    model.load_state_dict(state_dict, strict=False)
+    checkpoint = _open_checkpoint(path)
+    if checkpoint.hf_config is not None:
+        config_path, config = checkpoint.hf_config
+        check_hf_config(model, config, path=config_path)
+    shapes, partial = _assembled_shapes(checkpoint)
+    _check_compatible(model, shapes, path, derived=HF_DERIVED_KEYS if checkpoint.hf_naming else ())
+    _check_bias_masks(checkpoint)
+    logger.info(
+        "Loading %s-format DINOv3 weights from %s", "Hugging Face" if checkpoint.hf_naming else "official", path
+    )
+    _materialize(
+        model, checkpoint, partial=partial, dtype=dtype, device=None if device is None else torch.device(device)
+    )

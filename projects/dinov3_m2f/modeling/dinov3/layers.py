@@ -3,7 +3,6 @@
 Submodule and parameter names follow the official checkpoints (``patch_embed.proj``,
 ``attn.qkv`` with ``bias_mask``, ``attn.proj``, ``mlp.fc1/fc2`` or ``mlp.w1/w2/w3``, ``ls1.gamma``).
 """
-import logging
 from typing import Optional, Tuple
 
 import torch
@@ -11,8 +10,6 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .rope import apply_rope
-
-logger = logging.getLogger(__name__)
 
 # SwiGLU hidden width = int(int(dim * ffn_ratio) * 2 / 3) rounded up to a multiple of this value.
 SWIGLU_ALIGNMENT = {"swiglu": 8, "swiglu32": 32, "swiglu64": 64, "swiglu128": 128}
@@ -94,9 +91,10 @@ class LinearKMaskedBias(nn.Linear):
         if out_features % 3 != 0:
             raise ValueError(f"out_features of a fused qkv projection must be divisible by 3, got {out_features}")
         if bias:
-            self.register_buffer("bias_mask", self._default_bias_mask(), persistent=True)
+            self.register_buffer("bias_mask", self.default_bias_mask(), persistent=True)
 
-    def _default_bias_mask(self) -> Tensor:
+    def default_bias_mask(self) -> Tensor:
+        """The released layout ``[1 x D, 0 x D, 1 x D]`` (``[3D]``, float32)."""
         third = self.out_features // 3
         mask = torch.ones(self.out_features)  # [3D]
         mask[third : 2 * third] = 0.0
@@ -106,7 +104,7 @@ class LinearKMaskedBias(nn.Linear):
         """Set ``bias_mask`` to the released layout (no-op without a bias)."""
         if getattr(self, "bias_mask", None) is not None:
             with torch.no_grad():
-                self.bias_mask.copy_(self._default_bias_mask())
+                self.bias_mask.copy_(self.default_bias_mask())
 
     def reset_parameters(self) -> None:
         super().reset_parameters()

@@ -1,10 +1,7 @@
 """Architectures of the released DINOv3 ViTs, adapter interaction indexes and input normalisation."""
-import logging
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .vit import LAYER_NORM_EPS, DinoVisionTransformer
-
-logger = logging.getLogger(__name__)
 
 # Settings shared by every released DINOv3 ViT (dinov3/hub/backbones.py).
 _COMMON: Dict[str, Any] = {
@@ -95,7 +92,8 @@ def build_dinov3(name: Optional[str] = None, **overrides: Any) -> DinoVisionTran
             ``autocast_dtype``, ``depth``).
 
     Returns:
-        The model (randomly initialised; load weights with ``load_dinov3_weights``).
+        The model (randomly initialised; load weights with ``load_dinov3_weights``, or build a
+        frozen ViT straight from a checkpoint with ``build_frozen_dinov3``).
     """
     if name is None:
         kwargs = dict(overrides)

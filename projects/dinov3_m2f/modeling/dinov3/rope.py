@@ -5,14 +5,11 @@ Each head's channels are split into two halves for the rotate-half rotation; eve
 coordinate. Coordinates are the patch centres normalised separately per axis to [-1, 1]. Only
 patch tokens are rotated; the class and storage (register) tokens are left untouched.
 """
-import logging
 import math
 from typing import Tuple
 
 import torch
 from torch import Tensor, nn
-
-logger = logging.getLogger(__name__)
 
 # Number of coordinate axes (row, column) of the axial embedding.
 _NUM_AXES = 2

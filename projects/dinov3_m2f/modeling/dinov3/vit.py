@@ -6,21 +6,23 @@ official checkpoints. Training-only features of the official model (RoPE coordin
 augmentation, drop path, masked-token pretraining, multi-crop lists) are not implemented.
 """
 import contextlib
-import logging
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from .layers import FFN_LAYERS, LayerScale, LinearKMaskedBias, PatchEmbed, SelfAttentionBlock, init_linear_
-from .rope import RopePositionEmbedding
-
-logger = logging.getLogger(__name__)
+from .rope import RopePositionEmbedding, compute_rope_periods
 
 # LayerNorm epsilon of every released DINOv3 ViT ("layernormbf16" in the official code).
 LAYER_NORM_EPS = 1e-5
 # Std of the normal initialisation of the class and storage tokens (official init).
 _TOKEN_INIT_STD = 0.02
+# Modules whose weights may be stored in a reduced-precision dtype (see ``storage_dtype``): autocast
+# runs them in its low-precision dtype whatever their stored dtype, so storing them that way changes
+# no output. LayerNorm, LayerScale, the tokens and the buffers stay float32 (< 0.1% of the weights):
+# autocast keeps norms in float32 and the residual stream follows the float32 class token.
+LOW_PRECISION_MODULES = (nn.Linear, nn.Conv2d)
 
 IntermediateOutput = Union[Tensor, Tuple[Tensor, ...]]
 
@@ -141,6 +143,46 @@ class DinoVisionTransformer(nn.Module):
             elif isinstance(module, (nn.LayerNorm, LayerScale)):
                 module.reset_parameters()
 
+    def storage_dtype(self, key: str, dtype: torch.dtype) -> torch.dtype:
+        """The dtype tensor ``key`` is stored in when the frozen weights are kept in ``dtype``.
+
+        Args:
+            key: a ``state_dict`` key.
+            dtype: the dtype chosen for the weights (float32, bfloat16 or float16).
+
+        Returns:
+            ``dtype`` for the parameters of :data:`LOW_PRECISION_MODULES` (every Linear, the patch
+            embedding), float32 for everything else.
+        """
+        module_name, _, name = key.rpartition(".")
+        module = self.get_submodule(module_name)
+        if isinstance(module, LOW_PRECISION_MODULES) and isinstance(getattr(module, name), nn.Parameter):
+            return dtype
+        return torch.float32
+
+    def initial_value(self, key: str) -> Tensor:
+        """The value :meth:`init_weights` gives a tensor that checkpoints may lack (float32, CPU).
+
+        Args:
+            key: ``rope_embed.periods``, a ``*.bias_mask``, ``mask_token`` or a LayerNorm's weight or
+                bias (``local_cls_norm.*``).
+
+        Returns:
+            The RoPE periods of ``rope_base``, the released bias-mask layout, zeros, or the LayerNorm
+            identity (ones for the weight, zeros for the bias).
+        """
+        module_name, _, name = key.rpartition(".")
+        module = self.get_submodule(module_name)
+        if isinstance(module, RopePositionEmbedding) and name == "periods":
+            return compute_rope_periods(head_dim=module.head_dim, base=module.base)
+        if isinstance(module, LinearKMaskedBias) and name == "bias_mask":
+            return module.default_bias_mask()
+        if isinstance(module, nn.LayerNorm) and name in ("weight", "bias"):
+            return (torch.ones if name == "weight" else torch.zeros)(module.normalized_shape)
+        if key == "mask_token":
+            return torch.zeros(1, self.embed_dim)
+        raise KeyError(f"DINOv3 tensor {key!r} has no fixed initial value")
+
     def train(self, mode: bool = True) -> "DinoVisionTransformer":
         """Set train/eval mode; a frozen backbone always stays in eval mode."""
         return super().train(mode and not self.frozen)
@@ -158,13 +200,13 @@ class DinoVisionTransformer(nn.Module):
                 f"Input image size {height}x{width} (HxW) is not divisible by the patch size {self.patch_size}"
             )
 
-    def _run_context(self, x: Tensor) -> contextlib.ExitStack:
-        stack = contextlib.ExitStack()
-        if self.frozen:
-            stack.enter_context(torch.no_grad())
-        if self.autocast_dtype is not None:
-            stack.enter_context(torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype))
-        return stack
+    def _run_context(self, x: Tensor) -> Tuple[contextlib.AbstractContextManager, ...]:
+        """No-grad (when frozen) and autocast (when ``autocast_dtype`` is set) contexts, entered
+        together with ``with a, b:`` (torch.compile traces that, but not an ``ExitStack``)."""
+        grad = torch.no_grad() if self.frozen else contextlib.nullcontext()
+        if self.autocast_dtype is None:
+            return grad, contextlib.nullcontext()
+        return grad, torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype)
 
     def _prepare_tokens(self, x: Tensor) -> Tuple[Tensor, int, int]:
         """[B, C, H, W] -> tokens [B, 1 + n_storage + h*w, D], h, w."""
@@ -221,7 +263,8 @@ class DinoVisionTransformer(nn.Module):
             ``x_norm_patchtokens`` ``[B, h*w, D]`` (row-major) and ``x_prenorm`` ``[B, N, D]``.
         """
         self._check_input(x)
-        with self._run_context(x):
+        grad_context, autocast_context = self._run_context(x)
+        with grad_context, autocast_context:
             (tokens,), _, _ = self._run_blocks(x, keep=[self.n_blocks - 1])
             normed = self.norm(tokens)  # [B, N, D]
         num_prefix = 1 + self.n_storage_tokens
@@ -264,7 +307,8 @@ class DinoVisionTransformer(nn.Module):
         self._check_input(x)
         indices = self._resolve_block_indices(n)
         num_prefix = 1 + self.n_storage_tokens
-        with self._run_context(x):
+        grad_context, autocast_context = self._run_context(x)
+        with grad_context, autocast_context:
             outputs, h, w = self._run_blocks(x, keep=indices)
             if norm:
                 outputs = [self.norm(out) for out in outputs]

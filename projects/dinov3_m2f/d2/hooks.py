@@ -1,0 +1,128 @@
+"""Training hooks on top of detectron2's: a final checkpoint and no repeated evaluation after an
+early stop, a best checkpoint that survives ``--resume``, and early stopping.
+
+They expect :class:`~dinov3_m2f.d2.trainer.SegTrainer` (its stop request). Register them in
+this order after the LR scheduler: ``SegPeriodicCheckpointer`` (main process), ``SegEvalHook``,
+``BestCheckpointer`` (main process), ``EarlyStopping`` (every process).
+"""
+import logging
+from typing import Any, Dict, Mapping, Optional
+
+from detectron2.engine import HookBase, hooks
+from detectron2.utils import comm
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BestCheckpointer", "EarlyStopping", "SegEvalHook", "SegPeriodicCheckpointer"]
+
+
+def _evaluates_after_step(trainer, eval_period: int) -> bool:
+    """Whether ``EvalHook.after_step`` evaluates at the trainer's current iteration."""
+    next_iter = trainer.iter + 1
+    return eval_period > 0 and next_iter % eval_period == 0 and next_iter != trainer.max_iter
+
+
+class SegPeriodicCheckpointer(hooks.PeriodicCheckpointer):
+    """detectron2's ``PeriodicCheckpointer`` that also writes ``model_final`` after an early stop."""
+
+    def after_train(self) -> None:
+        if self.trainer.stopped_early:
+            self.checkpointer.save(f"{self.file_prefix}_final", iteration=self.trainer.iter - 1)
+
+
+class SegEvalHook(hooks.EvalHook):
+    """detectron2's ``EvalHook`` without a final evaluation after an early stop: early stopping
+    decides right after an evaluation in ``after_step``, whose results are already stored."""
+
+    def after_train(self) -> None:
+        last = self.trainer.iter  # iterations run; the last evaluated one in after_step is last - 1
+        if self.trainer.stopped_early and self._period > 0 and last % self._period == 0:
+            logger.info("Iteration %d was just evaluated; no final evaluation", last - 1)
+            self._eval_after_train = False
+        super().after_train()
+
+
+class BestCheckpointer(hooks.BestCheckpointer):
+    """detectron2's ``BestCheckpointer`` whose best value is part of the trainer state, so it
+    survives ``--resume``; register it on the main process, which holds the evaluation results.
+
+    Unlike detectron2's, it updates the best value before writing the file (so the file's trainer
+    state holds it) and raises when the evaluation lacks the metric. The file's ``iteration`` is
+    that of the metric: ``max_iter`` for the final evaluation, as in detectron2's storage.
+    """
+
+    def _best_checking(self) -> None:
+        latest = self.trainer.storage.latest().get(self._val_metric)
+        if latest is None:
+            raise KeyError(
+                f"best checkpoint: the evaluation stored no '{self._val_metric}' "
+                "(metric names look like 'sem_seg/mIoU')"
+            )
+        value, iteration = latest
+        previous, previous_iter = self.best_metric, self.best_iter
+        if previous is not None and not self._compare(value, previous):
+            logger.info(
+                "%s=%.5f at iteration %d is not better than %.5f at iteration %d",
+                self._val_metric, value, iteration, previous, previous_iter,
+            )
+        elif self._update_best(value, iteration):  # False for NaN / inf
+            self._checkpointer.save(self._file_prefix, iteration=iteration)
+            logger.info(
+                "New best %s=%.5f at iteration %d (previous: %s); saved %s.pth",
+                self._val_metric, value, iteration, previous, self._file_prefix,
+            )
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"best_metric": self.best_metric, "best_iter": self.best_iter}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        self.best_metric = state_dict["best_metric"]
+        self.best_iter = state_dict["best_iter"]
+
+
+class EarlyStopping(HookBase):
+    """Ask the trainer to stop after ``patience`` evaluations in a row without a new best value.
+
+    The best value and its iteration are the :class:`BestCheckpointer`'s, so this hook has no
+    state of its own and follows a resumed run. Register it after that hook, on every process:
+    the main process decides and all of them stop together.
+    """
+
+    def __init__(
+        self, best_checkpointer: Optional[BestCheckpointer], *, eval_period: int, patience: int
+    ):
+        """
+        Args:
+            best_checkpointer: the run's best checkpointer on the main process; None elsewhere.
+            eval_period: the period of the evaluation hook (> 0).
+            patience: evaluations without improvement that end training (>= 1).
+        """
+        if not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"early stopping patience must be an int >= 1, got {patience!r}")
+        if eval_period <= 0:
+            raise ValueError("early stopping needs periodic evaluation: set train.eval_period > 0")
+        if comm.is_main_process() and best_checkpointer is None:
+            raise ValueError("early stopping needs the best checkpointer on the main process")
+        self._best = best_checkpointer
+        self._period = eval_period
+        self._patience = patience
+
+    def _evaluations_without_improvement(self) -> Optional[int]:
+        if self._best is None:
+            return None  # not the main process: the decision comes from it
+        best_iter = self._best.best_iter if self._best.best_iter is not None else -1
+        stale = (self.trainer.iter - best_iter) // self._period
+        logger.info(
+            "Early stopping: %d/%d evaluations without improvement (best %s at iteration %d)",
+            stale, self._patience, self._best.best_metric, best_iter,
+        )
+        return stale
+
+    def after_step(self) -> None:
+        if not _evaluates_after_step(self.trainer, self._period):
+            return
+        stale = comm.all_gather(self._evaluations_without_improvement())[0]  # the main process'
+        if stale >= self._patience:
+            self.trainer.request_stop(
+                f"early stopping: the metric did not improve for {self._patience} evaluations"
+            )
