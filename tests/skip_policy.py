@@ -2,7 +2,7 @@
 a test module was skipped for any reason but a missing CUDA GPU.
 
 A skip is allowed when its reason contains ``CUDA GPU`` (``"needs a CUDA GPU"``, ``"needs two CUDA
-GPUs"``). Anything else — a missing detectron2, transformers or compiled extension — means the
+GPUs"``). Anything else — a missing detectron2, transformers, onnxruntime or compiled extension — means the
 set-up did not finish, and counting those tests as fine would hide that they never ran. Plain
 ``pytest`` runs stay lenient. The hooks are imported by ``conftest.py``; ``-p skip_policy`` loads
 them too.

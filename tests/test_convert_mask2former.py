@@ -277,7 +277,11 @@ def test_tool_converts_pkl_and_pth_alike(convert_tool, tmp_path, capsys):
 
 
 def test_tool_output_initialises_the_d2_model(convert_tool, tmp_path, catalog):
-    """Checked against the synthetic config's head; the file loads as a partial initialisation."""
+    """Checked against the synthetic config's head; the file loads as a partial initialisation.
+
+    Training loads it with ``train.init_partial=True``; here the checkpointer's non-strict load
+    (what that switch selects) is called directly.
+    """
     pytest.importorskip("detectron2")
     from detectron2.config import instantiate
 
@@ -295,7 +299,7 @@ def test_tool_output_initialises_the_d2_model(convert_tool, tmp_path, catalog):
 
     model = instantiate(load_config(SYNTHETIC_CONFIG).model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    TrainableCheckpointer(model).load(out)
+    TrainableCheckpointer(model, strict=False).load(out)
     after = model.state_dict()
     for key, value in saved["model"].items():
         assert torch.equal(after[key], value), key

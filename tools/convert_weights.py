@@ -27,14 +27,18 @@ listed (see ``dinov3_m2f.modeling.mask2former_weights``). With ``--config-file``
 checked against that config's head: a key it lacks or with another shape (``class_embed`` for
 another class count) is skipped. Output: ``{"model": sem_seg_head.* tensors, "checkpoint_kind":
 "partial", "converted_from": "mask2former", "skipped": {original key: reason},
-"uninitialized": [our head keys it leaves unset (with --config-file)]}``, to load as a partial
-initialisation through ``train.init_checkpoint``.
+"uninitialized": [our head keys it leaves unset (with --config-file)]}``. Such a file leaves
+modules unset, so it is loaded through the explicit partial-initialisation switch:
+``train.init_checkpoint=<output> train.init_partial=True`` (loading is strict by default; with
+the switch the matching weights are loaded and what was skipped is logged).
 
 Examples:
     python tools/convert_weights.py dinov3_vit7b16_ade20k_m2f_head.pth out/m2f_head_converted.pth
     python tools/convert_weights.py head.pth out/merged.pth --class-merge configs/my_merge.json
     python tools/convert_weights.py --from mask2former model_final_6b4a3a.pkl out/m2f_init.pth \
         --config-file configs/ade20k/m2f_vitl16_lvd1689m_512.py
+    python tools/train_net.py --config-file configs/ade20k/m2f_vitl16_lvd1689m_512.py \
+        train.init_checkpoint=out/m2f_init.pth train.init_partial=True
 """
 import argparse
 import logging
@@ -78,7 +82,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         "(.pth), or with --from mask2former a Mask2Former checkpoint (.pkl or .pth)")
     parser.add_argument("output", help="converted checkpoint to write (.pth)")
     parser.add_argument("--from", dest="source", choices=SOURCES, default="dinov3",
-                        help="the project the checkpoint comes from")
+                        help="the project the checkpoint comes from; a mask2former conversion is a "
+                        "partial head: train from it with train.init_checkpoint=<output> "
+                        "train.init_partial=True")
     parser.add_argument("--config-file", default=None,
                         help="--from mask2former: check the keys against this config's head")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
@@ -291,7 +297,7 @@ def convert_mask2former(args: argparse.Namespace) -> int:
     for line in report_mask2former(conversion):
         print(line)
     print("Load it as a partial initialisation (the ViT, the adapter and every module above start "
-          f"from their initialisation): train.init_checkpoint=\"{args.output}\"")
+          f"from their initialisation): train.init_checkpoint=\"{args.output}\" train.init_partial=True")
     return 0
 
 

@@ -11,8 +11,9 @@
 #   build tools  setuptools and ninja, for the two source builds below.
 #   detectron2   Only when `import detectron2` fails: from DETECTRON2_SOURCE, built with
 #                --no-build-isolation against the installed torch.
-#   dinov3_m2f   Editable install with its dependencies and test extras; compiles the op (with
-#                CUDA kernels when torch is a CUDA build and nvcc matches it).
+#   dinov3_m2f   Editable install with its dependencies and the test and deploy extras (deploy:
+#                onnx, onnxruntime, onnxscript for tools/export_model.py and tools/infer_onnx.py);
+#                compiles the op (with CUDA kernels when torch is a CUDA build and nvcc matches it).
 #
 # Environment:
 #   PYTHON                interpreter or venv python to set up (default: python3)
@@ -130,8 +131,8 @@ read -r FORCE_CUDA cuda_reason <<<"$cuda_decision"
 export FORCE_CUDA
 if [ "$FORCE_CUDA" = 1 ]; then kernels="CPU + CUDA kernels ($cuda_reason)"
 else kernels="CPU kernels only ($cuda_reason)"; fi
-step "dinov3_m2f: editable install with dependencies and test extras, op with $kernels (pip)" \
-  pip_install --no-build-isolation -e ".[test]"
+step "dinov3_m2f: editable install with dependencies, test and deploy (onnx, onnxruntime, onnxscript) extras, op with $kernels (pip)" \
+  pip_install --no-build-isolation -e ".[test,deploy]"
 
 echo "environment (python -m dinov3_m2f.collect_env):"
 "$PYTHON" -m dinov3_m2f.collect_env | sed 's/^/  /'
