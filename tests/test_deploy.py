@@ -212,6 +212,20 @@ def test_export_refuses_to_overwrite(tiny_synthetic_checkpoint, tmp_path):
     assert existing.read_bytes() == b"keep me"
 
 
+def test_export_benchmark_prints_a_row_for_the_benchmarks_page(tiny_synthetic_checkpoint, synthetic_env,
+                                                               tmp_path, capsys):
+    _export(load_tool("export_model"), tiny_synthetic_checkpoint, tmp_path / "model.onnx", "--format", "onnx",
+            "--input-size", "64", "64", "--benchmark", "2", "--threads", "1")
+    header, separator, row = capsys.readouterr().out.strip().splitlines()[-3:]
+    def split(line):
+        return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+    cells = dict(zip(split(header), split(row)))
+    assert separator.startswith("|---|") and cells["threads"] == "1" and cells["input"] == "64x64 uint8"
+    assert cells["exported runtime"].startswith("onnxruntime") and cells["config"] == os.path.basename(CONFIG)
+    assert float(cells["PyTorch img/s"]) > 0 and float(cells["exported img/s"]) > 0
+
+
 # ---------------------------------------------------------------- the runner and infer_onnx
 
 

@@ -22,18 +22,12 @@ Examples:
 """
 import argparse
 import logging
-import os
 import sys
 from typing import List, Optional, Sequence
 
-from tqdm import tqdm
-
 from dinov3_m2f.d2.predictor import SemSegPredictor
 from dinov3_m2f.data.files import collect_image_files
-from dinov3_m2f.data.image import UnreadableImageError, read_image
-from dinov3_m2f.data.outputs import check_label_png_classes, write_segmentation
-
-logger = logging.getLogger(__name__)
+from dinov3_m2f.data.outputs import segment_image_files
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -86,29 +80,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         device=args.device,
         autocast=args.autocast,
     )
-    check_label_png_classes(len(predictor.class_names))
-    os.makedirs(args.output, exist_ok=True)
-    skipped: List[str] = []
-    for path in tqdm(files, desc="demo", unit="image", disable=len(files) == 1):
-        try:
-            image = read_image(path)
-        except UnreadableImageError as e:
-            logger.warning("Skipping %s: %s", path, e)
-            skipped.append(path)
-            continue
-        labels = predictor(image)
-        stem = os.path.splitext(os.path.basename(path))[0]
-        write_segmentation(image, labels, output_dir=args.output, stem=stem,
-                           class_names=predictor.class_names,
-                           colors=predictor.metadata.get("stuff_colors"), alpha=args.alpha)
-    done = len(files) - len(skipped)
-    logger.info("Segmented %d of %d images into %s", done, len(files), args.output)
-    if skipped:
-        logger.warning("Skipped %d unreadable file(s): %s", len(skipped), ", ".join(skipped))
-    if done == 0:
-        logger.error("No image could be read")
-        return 1
-    return 0
+    skipped = segment_image_files(files, predictor, output_dir=args.output,
+                                  class_names=predictor.class_names,
+                                  colors=predictor.metadata.get("stuff_colors"), alpha=args.alpha,
+                                  desc="demo")
+    return 1 if len(skipped) == len(files) else 0  # 1: no image could be read
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ checkpoint gets the frozen ViT from ``model.backbone.weights`` (or its ``init_se
 
 After writing, the exported model is run on a random image and compared with PyTorch; the
 command fails when probabilities differ by more than 1e-4 or labels agree on less than 99.9 %.
-``--benchmark N`` then times N images of PyTorch on CPU against the exported model and prints a
-row for docs/benchmarks.md.
+``--benchmark N`` then times N images of PyTorch on CPU against the exported model (median per
+image, ``dinov3_m2f.benchmarking``) and prints a row for docs/benchmarks.md.
 
 Examples:
     python tools/export_model.py --config-file configs/synthetic/m2f_tiny_synthetic.py \
@@ -34,14 +34,13 @@ import argparse
 import datetime
 import logging
 import os
-import platform
 import sys
-import time
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
+from dinov3_m2f.benchmarking import describe_machine, markdown_table, median_ms
 from dinov3_m2f.d2 import DINOv3Mask2Former
 from dinov3_m2f.d2.predictor import SemSegPredictor
 from dinov3_m2f.deploy.export import (
@@ -62,6 +61,7 @@ logger = logging.getLogger("export_model")
 FORMATS = {"torch_export": ".pt2", "onnx": ".onnx"}
 # Untimed runs before a timed benchmark.
 BENCHMARK_WARMUP = 2
+MS_PER_S = 1000.0
 # The ONNX exporter's libraries log every graph rewrite (INFO) and every constant they do not
 # fold (WARNING).
 EXPORTER_LOGGERS = ("onnxscript", "onnx_ir")
@@ -128,42 +128,34 @@ def exported_probs(path: str, fmt: str) -> Probabilities:
     return lambda images: program(images)[0].detach().cpu().numpy()
 
 
-def images_per_second(run: Callable[[], object], count: int) -> float:
-    for _ in range(BENCHMARK_WARMUP):
-        run()
-    start = time.perf_counter()
-    for _ in range(count):
-        run()
-    return count / (time.perf_counter() - start)
-
-
 def benchmark_row(
     module: SemSegExportModule, path: str, *, args: argparse.Namespace, image: torch.Tensor
 ) -> str:
-    """Time ``args.benchmark`` single images through PyTorch (CPU) and the exported model ``path``.
+    """Time ``args.benchmark`` single images through PyTorch (CPU) and the exported model ``path``
+    (median per image), as a docs/benchmarks.md row.
 
     PyTorch runs first, while no onnxruntime session exists (its idle worker threads would
     compete with PyTorch's).
     """
     image = image[:1]
+    cpu = torch.device("cpu")
+    timing = dict(device=cpu, warmup=BENCHMARK_WARMUP, iters=args.benchmark)
     with torch.inference_mode():
-        torch_ips = images_per_second(lambda: module(image), args.benchmark)
+        torch_ms = median_ms(lambda: module(image), **timing)
     exported = exported_probs(path, args.format)
-    exported_ips = images_per_second(lambda: exported(image), args.benchmark)
+    exported_ms = median_ms(lambda: exported(image), **timing)
     runtime = "torch.export"
     if args.format == "onnx":
         import onnxruntime
 
         runtime = f"onnxruntime {onnxruntime.__version__} CPU"
     height, width = args.input_size
-    machine = f"{os.cpu_count()}-core {platform.machine()} CPU"
-    return (
-        "| date | machine | torch | exported runtime | config | input | threads | "
-        "PyTorch img/s | exported img/s |\n|---|---|---|---|---|---|---|---|---|\n"
-        f"| {datetime.date.today().isoformat()} | {machine} | {torch.__version__} | {runtime} "
-        f"| {os.path.basename(args.config_file)} | {height}x{width} {args.input_dtype} "
-        f"| {torch.get_num_threads()} | {torch_ips:.2f} | {exported_ips:.2f} |"
-    )
+    header = ["date", "machine", "torch", "exported runtime", "config", "input", "threads",
+              "PyTorch img/s", "exported img/s"]
+    row = [datetime.date.today().isoformat(), describe_machine(cpu), torch.__version__, runtime,
+           os.path.basename(args.config_file), f"{height}x{width} {args.input_dtype}",
+           torch.get_num_threads(), f"{MS_PER_S / torch_ms:.2f}", f"{MS_PER_S / exported_ms:.2f}"]
+    return markdown_table(header, [row])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

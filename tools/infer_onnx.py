@@ -23,16 +23,12 @@ Examples:
 """
 import argparse
 import logging
-import os
 import sys
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 from dinov3_m2f.data.files import collect_image_files
-from dinov3_m2f.data.image import UnreadableImageError, read_image
-from dinov3_m2f.data.outputs import check_label_png_classes, write_segmentation
+from dinov3_m2f.data.outputs import segment_image_files
 from dinov3_m2f.deploy.onnx_runner import OnnxSemSegmenter
-
-logger = logging.getLogger("infer_onnx")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -59,27 +55,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     files = collect_image_files(args.inputs)
     segmenter = OnnxSemSegmenter(args.model, num_threads=args.threads)
-    check_label_png_classes(segmenter.num_classes)
     window = dict(crop_size=args.crop_size, stride=args.stride)
-    os.makedirs(args.output, exist_ok=True)
-    skipped: List[str] = []
-    for path in files:
-        try:
-            image = read_image(path)
-        except UnreadableImageError as e:
-            logger.warning("Skipping %s: %s", path, e)
-            skipped.append(path)
-            continue
-        stem = os.path.splitext(os.path.basename(path))[0]
-        labels = segmenter.predict(image, **window).argmax(axis=0)  # [H, W]
-        write_segmentation(image, labels, output_dir=args.output, stem=stem,
-                           class_names=segmenter.class_names, colors=segmenter.class_colors,
-                           alpha=args.alpha)
-    done = len(files) - len(skipped)
-    logger.info("Segmented %d of %d images into %s", done, len(files), args.output)
-    if skipped:
-        logger.warning("Skipped %d unreadable file(s): %s", len(skipped), ", ".join(skipped))
-    return 0 if done else 1
+    skipped = segment_image_files(files, lambda image: segmenter.predict(image, **window).argmax(axis=0),
+                                  output_dir=args.output, class_names=segmenter.class_names,
+                                  colors=segmenter.class_colors, alpha=args.alpha, desc="infer_onnx")
+    return 1 if len(skipped) == len(files) else 0  # 1: no image could be read
 
 
 if __name__ == "__main__":
