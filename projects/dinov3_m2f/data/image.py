@@ -1,7 +1,7 @@
 """Reading images as RGB uint8 arrays, the one way every part of the project does it (no detectron2).
 
-Training, evaluation, the predictor, torch.hub, ``tools/demo.py`` and ``tools/check_dataset.py``
-all read images through :func:`read_image`, so they see the same pixels:
+Training, evaluation, the predictor, torch.hub, ``tools/demo.py``, ``tools/infer_onnx.py`` and
+``tools/check_dataset.py`` all read images through :func:`read_image`, so they see the same pixels:
 
 * **Pixel formats.** Every image becomes RGB uint8 [H, W, 3]. Grayscale (``1``, ``L``) is
   repeated over the three channels. 16-bit images (``I;16`` grayscale, 16-bit RGB/RGBA PNG) are
