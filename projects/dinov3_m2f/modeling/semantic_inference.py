@@ -14,7 +14,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["semantic_probs", "slide_inference", "tta_inference"]
+__all__ = ["check_slide_batch", "semantic_probs", "slide_inference", "tta_inference"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,12 @@ def _check_prediction(scores: torch.Tensor, images: torch.Tensor, num_classes: O
             f"predict returned shape {tuple(scores.shape)} for input {tuple(images.shape)}; "
             f"expected {expected}"
         )
+
+
+def check_slide_batch(slide_batch: int) -> None:
+    """Raise ValueError unless ``slide_batch`` (windows per predict call) is a positive int."""
+    if isinstance(slide_batch, bool) or not isinstance(slide_batch, int) or slide_batch < 1:
+        raise ValueError(f"slide_batch must be a positive int (windows per predict call), got {slide_batch!r}")
 
 
 def _window_starts(size: int, crop: int, stride: int) -> List[int]:
@@ -106,8 +112,7 @@ def slide_inference(
         raise ValueError(
             f"need crop_size > 0 and 0 < stride <= crop_size, got crop_size={crop_size}, stride={stride}"
         )
-    if isinstance(slide_batch, bool) or not isinstance(slide_batch, int) or slide_batch < 1:
-        raise ValueError(f"slide_batch must be a positive int (windows per predict call), got {slide_batch!r}")
+    check_slide_batch(slide_batch)
     batch, _, height, width = images.shape
     crop_h, crop_w = min(crop_size[0], height), min(crop_size[1], width)
     rows, cols = _window_starts(height, crop_h, stride[0]), _window_starts(width, crop_w, stride[1])
