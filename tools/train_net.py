@@ -9,7 +9,8 @@ The config provides (see ``configs/common/train.py`` for the ``train`` fields):
     lr_multiplier             an fvcore ParamScheduler (warmup + poly)
     train                     output_dir, init_checkpoint, max_iter, device, amp, clip_grad,
                               ddp, checkpointer, full_checkpoint, eval_period, log_period, seed,
-                              best_checkpoint, early_stopping, trainable, freeze, grad_accum_steps
+                              best_checkpoint, early_stopping, trainable, freeze, grad_accum_steps,
+                              compile
 
 Examples:
     python tools/train_net.py --config-file configs/synthetic/m2f_tiny_synthetic.py
@@ -44,6 +45,7 @@ from dinov3_m2f.d2.config import load_config
 from dinov3_m2f.d2.hooks import BestCheckpointer, EarlyStopping, SegEvalHook, SegPeriodicCheckpointer
 from dinov3_m2f.d2.solver import set_trainable
 from dinov3_m2f.d2.trainer import AMP_DTYPES, SegTrainer, resolve_device
+from dinov3_m2f.modeling.torch_compile import compile_parts
 
 logger = logging.getLogger("detectron2")
 
@@ -67,7 +69,8 @@ def do_test(cfg: DictConfig, model: nn.Module) -> Dict:
 
 
 def build_model(cfg: DictConfig) -> Tuple[nn.Module, torch.device]:
-    """Instantiate ``cfg.model`` on this process' device.
+    """Instantiate ``cfg.model`` on this process' device; with ``train.compile``, its backbone and
+    head are compiled in place (before any DDP wrapping; state-dict keys unchanged).
 
     Returns:
         The model and its device.
@@ -75,6 +78,7 @@ def build_model(cfg: DictConfig) -> Tuple[nn.Module, torch.device]:
     device = resolve_device(cfg.train.device)
     model = instantiate(cfg.model)
     model.to(device)
+    compile_parts(model, cfg.train.compile)
     logger.info("Model:\n%s", model)
     return model, device
 

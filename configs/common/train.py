@@ -32,6 +32,10 @@ train = dict(
     # Micro-batches (of dataloader.train.total_batch_size images) per optimizer step; one
     # iteration = one step, so the effective batch is grad_accum_steps x total_batch_size.
     grad_accum_steps=1,
+    # torch.compile of the model's backbone and head, for training and evaluation: False, True
+    # (Inductor), or torch.compile arguments, e.g. dict(dynamic=True) for evaluation at changing
+    # image sizes (each new size compiles again until torch makes the sizes dynamic).
+    compile=False,
     log_period=20,
     seed=42,
     cudnn_benchmark=False,

@@ -25,6 +25,8 @@ from detectron2.data.catalog import Metadata
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from dinov3_m2f.modeling.torch_compile import compile_parts
+
 from .checkpoint import TrainableCheckpointer
 from .config import load_config
 from .mapper import read_image_or_raise
@@ -106,7 +108,8 @@ class SemSegPredictor:
         device: str = "auto",
         autocast: str = "auto",
     ) -> "SemSegPredictor":
-        """Build ``cfg.model``, load a checkpoint strictly and return a predictor.
+        """Build ``cfg.model`` (compiled as ``cfg.train.compile`` says), load a checkpoint strictly
+        and return a predictor.
 
         Args:
             config_file: LazyConfig file (e.g. ``configs/synthetic/m2f_tiny_synthetic.py``).
@@ -129,6 +132,7 @@ class SemSegPredictor:
 
         resolved_device = resolve_device(device)
         model = instantiate(cfg.model).to(resolved_device)
+        compile_parts(model, OmegaConf.select(cfg, "train.compile", default=False))
         kind = TrainableCheckpointer(model, strict=True).load(checkpoint).get("checkpoint_kind")
         backbone = cfg.model.backbone
         if kind == "trainable" and not backbone.get("weights") and backbone.get("init_seed") is None:
