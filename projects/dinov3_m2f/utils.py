@@ -1,14 +1,28 @@
-"""Small file helpers shared by the library and the command-line tools (no detectron2)."""
+"""Small helpers shared by the library and the command-line tools (no detectron2): files written
+atomically and read safely, checks of saved states, derived seeds."""
 import contextlib
 import errno
+import json
+import logging
 import os
 import pickle
 import tempfile
-from typing import IO, Any, Iterator, Tuple
+from typing import IO, Any, Dict, Iterable, Iterator, List, Sequence, Tuple
 
+import numpy as np
 import torch
 
-__all__ = ["atomic_open", "atomic_torch_save", "safe_torch_load"]
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "atomic_open",
+    "atomic_torch_save",
+    "derive_seed",
+    "describe_key_mismatch",
+    "drop_metrics_from",
+    "non_finite_tensors",
+    "safe_torch_load",
+]
 
 # What torch.load(weights_only=True) raises for a truncated, corrupt or foreign file, or for one
 # whose pickle asks for anything but tensors and plain containers (refused, never executed).
@@ -128,3 +142,118 @@ def safe_torch_load(path: str, *, what: str = "checkpoint", mmap: bool = False) 
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except TORCH_LOAD_ERRORS as exc:
         raise ValueError(f"Could not read {what} {path} with torch.load(weights_only=True): {exc}") from exc
+
+
+def derive_seed(*values: int) -> int:
+    """A 32-bit seed that is a pure function of non-negative integers, e.g. ``(seed, iteration,
+    rank)``. numpy's ``SeedSequence`` hashes them, so neighbouring values give unrelated streams.
+
+    Args:
+        values: non-negative integers.
+
+    Returns:
+        An int in ``[0, 2**32)``, valid for ``np.random.seed`` and ``torch.manual_seed``.
+    """
+    return int(np.random.SeedSequence([int(v) for v in values]).generate_state(1)[0])
+
+
+def non_finite_tensors(state: Any, prefix: str = "") -> List[str]:
+    """Dotted names of the floating-point tensors holding NaN or Inf in a nested dict / list.
+
+    Args:
+        state: e.g. a checkpoint: ``{"model": state_dict, "trainer": {"optimizer": ...}}``.
+        prefix: name of ``state`` itself.
+
+    Returns:
+        The names, e.g. ``["model.head.weight", "trainer.optimizer.state.3.exp_avg"]``.
+    """
+    if isinstance(state, torch.Tensor):
+        finite = not state.is_floating_point() or bool(torch.isfinite(state).all())
+        return [] if finite else [prefix]
+    if isinstance(state, dict):
+        items: Iterable = state.items()
+    elif isinstance(state, (list, tuple)):
+        items = enumerate(state)
+    else:
+        return []
+    names: List[str] = []
+    for key, value in items:
+        names += non_finite_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    return names
+
+
+def _group_keys(keys: Iterable[str]) -> str:
+    """State-dict keys as a complete, compact list: ``"head.{bias, weight}, query_feat"``."""
+    groups: Dict[str, List[str]] = {}
+    for key in sorted(keys):
+        module, _, leaf = key.rpartition(".")
+        groups.setdefault(module, []).append(leaf)
+    entries = []
+    for module, leaves in groups.items():
+        leaf = leaves[0] if len(leaves) == 1 else "{" + ", ".join(leaves) + "}"
+        entries.append(f"{module}.{leaf}" if module else leaf)
+    return ", ".join(entries)
+
+
+def describe_key_mismatch(
+    *,
+    missing: Sequence[str],
+    unexpected: Sequence[str],
+    wrong_shapes: Sequence[Tuple[str, Sequence[int], Sequence[int]]],
+) -> str:
+    """Every key of a state dict that did not load into a model, as one line.
+
+    Args:
+        missing: model keys the state dict lacks (wrong-shape keys among them are listed once).
+        unexpected: state-dict keys the model lacks.
+        wrong_shapes: (key, shape in the state dict, shape in the model).
+
+    Returns:
+        e.g. ``"wrong shape (file vs model): head.weight (8, 4) vs (3, 4); missing (left as
+        initialised): adapter.{bias, weight}; unexpected (ignored): other.weight"``; empty when
+        everything loaded.
+    """
+    shaped = {key for key, _, _ in wrong_shapes}
+    parts = []
+    if wrong_shapes:
+        shapes = ", ".join(f"{k} {tuple(a)} vs {tuple(b)}" for k, a, b in sorted(wrong_shapes))
+        parts.append(f"wrong shape (file vs model): {shapes}")
+    missing = [key for key in missing if key not in shaped]
+    if missing:
+        parts.append(f"missing (left as initialised): {_group_keys(missing)}")
+    if unexpected:
+        parts.append(f"unexpected (ignored): {_group_keys(unexpected)}")
+    return "; ".join(parts)
+
+
+def drop_metrics_from(path: str, iteration: int) -> int:
+    """Remove the entries of iteration ``iteration`` and later from a JSON-lines metrics file
+    (detectron2's ``metrics.json``), atomically; a line cut short by a crash goes too.
+
+    A run restarting at ``iteration`` writes those entries again: detectron2's writer appends.
+
+    Args:
+        path: the file; nothing happens when it does not exist.
+        iteration: the first iteration to drop.
+
+    Returns:
+        The number of lines removed.
+    """
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        lines = f.read().splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # a partial line written when the process was killed
+        if isinstance(entry, dict) and entry.get("iteration", -1) < iteration:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    removed = len(lines) - len(kept)
+    if removed:
+        with atomic_open(path, "w", suffix=".json") as f:
+            f.writelines(kept)
+        logger.info("Removed %d entries of iteration %d and later from %s", removed, iteration, path)
+    return removed
