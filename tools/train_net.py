@@ -46,11 +46,11 @@ from detectron2.utils.logger import setup_logger
 from omegaconf import DictConfig
 from torch import nn
 
-from dinov3_m2f.d2.checkpoint import TrainableCheckpointer, frozen_state_prefixes
+from dinov3_m2f.d2.checkpoint import TrainableCheckpointer
 from dinov3_m2f.d2.config import load_config
 from dinov3_m2f.d2.hooks import BestCheckpointer, EarlyStopping, SegEvalHook, SegPeriodicCheckpointer
-from dinov3_m2f.d2.solver import set_trainable
 from dinov3_m2f.d2.trainer import AMP_DTYPES, SegTrainer, resolve_device
+from dinov3_m2f.training import frozen_state_prefixes, set_trainable
 from dinov3_m2f.utils import drop_metrics_from
 
 logger = logging.getLogger("detectron2")

@@ -20,8 +20,10 @@ __all__ = [
     "derive_seed",
     "describe_key_mismatch",
     "drop_metrics_from",
+    "load_checkpoint_file",
     "non_finite_tensors",
     "safe_torch_load",
+    "save_finite",
 ]
 
 # What torch.load(weights_only=True) raises for a truncated, corrupt or foreign file, or for one
@@ -49,6 +51,12 @@ def _read_umask() -> int:
 # because reading it means setting it for an instant, which other threads would see.
 _NEW_FILE_MODE = 0o666 & ~_read_umask()
 
+
+# Extensions that may only be read with pickle (arbitrary code execution); refused.
+PICKLE_EXTENSIONS = (".pkl", ".pickle")
+SAFETENSORS_EXTENSION = ".safetensors"
+# How many tensors the error of save_finite names.
+_MAX_NAMED_TENSORS = 10
 
 # errno values meaning that the destination's file system has no room left for the write.
 _NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
@@ -144,6 +152,54 @@ def safe_torch_load(path: str, *, what: str = "checkpoint", mmap: bool = False) 
         raise ValueError(f"Could not read {what} {path} with torch.load(weights_only=True): {exc}") from exc
 
 
+def load_checkpoint_file(path: str) -> Dict[str, Any]:
+    """A checkpoint as ``{"model": state_dict, ...}``, never unpickling arbitrary objects.
+
+    ``.pkl`` / ``.pickle`` files are refused, ``.safetensors`` read with safetensors, anything
+    else with :func:`safe_torch_load`; a bare state dict is wrapped as ``{"model": ...}``.
+
+    Args:
+        path: the checkpoint file.
+
+    Raises:
+        ValueError: a pickle file, or a file that is unreadable or holds no dict; names ``path``.
+    """
+    if path.endswith(PICKLE_EXTENSIONS):
+        raise ValueError(
+            f"Refusing to load pickle checkpoint {path}: unpickling can execute arbitrary code. "
+            "Convert it to .pth (tensors only) or .safetensors."
+        )
+    if path.endswith(SAFETENSORS_EXTENSION):
+        from safetensors.torch import load_file
+
+        return {"model": load_file(path, device="cpu")}
+    loaded = safe_torch_load(path)
+    if not isinstance(loaded, dict):
+        raise ValueError(f"Checkpoint {path} does not hold a dict")
+    return loaded if "model" in loaded else {"model": loaded}
+
+
+def save_finite(obj: Any, path: str) -> None:
+    """:func:`atomic_torch_save`, refusing an object whose tensors hold NaN or Inf.
+
+    Args:
+        obj: e.g. a checkpoint ``{"model": state_dict, "trainer": {...}}``.
+        path: destination file.
+
+    Raises:
+        FloatingPointError: a floating-point tensor of ``obj`` holds NaN or Inf; names ``path``
+            and the tensors, and writes nothing.
+    """
+    non_finite = non_finite_tensors(obj)
+    if non_finite:
+        listed = ", ".join(non_finite[:_MAX_NAMED_TENSORS])
+        raise FloatingPointError(
+            f"Refusing to write {path}: {len(non_finite)} tensors hold NaN or Inf ({listed}); "
+            "the files written before are kept"
+        )
+    atomic_torch_save(obj, path)
+
+
 def derive_seed(*values: int) -> int:
     """A 32-bit seed that is a pure function of non-negative integers, e.g. ``(seed, iteration,
     rank)``. numpy's ``SeedSequence`` hashes them, so neighbouring values give unrelated streams.
@@ -209,9 +265,9 @@ def describe_key_mismatch(
         wrong_shapes: (key, shape in the state dict, shape in the model).
 
     Returns:
-        e.g. ``"wrong shape (file vs model): head.weight (8, 4) vs (3, 4); missing (left as
-        initialised): adapter.{bias, weight}; unexpected (ignored): other.weight"``; empty when
-        everything loaded.
+        e.g. ``"wrong shape (file vs model): head.weight (8, 4) vs (3, 4); missing in the file:
+        adapter.{bias, weight}; unexpected in the file: other.weight"``; empty when everything
+        loaded.
     """
     shaped = {key for key, _, _ in wrong_shapes}
     parts = []
@@ -220,9 +276,9 @@ def describe_key_mismatch(
         parts.append(f"wrong shape (file vs model): {shapes}")
     missing = [key for key in missing if key not in shaped]
     if missing:
-        parts.append(f"missing (left as initialised): {_group_keys(missing)}")
+        parts.append(f"missing in the file: {_group_keys(missing)}")
     if unexpected:
-        parts.append(f"unexpected (ignored): {_group_keys(unexpected)}")
+        parts.append(f"unexpected in the file: {_group_keys(unexpected)}")
     return "; ".join(parts)
 
 

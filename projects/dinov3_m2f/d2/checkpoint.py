@@ -10,38 +10,15 @@ model built from the same config.
 """
 import logging
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
-from dinov3_m2f.data.files import MAX_LISTED
-from dinov3_m2f.utils import (
-    atomic_open,
-    atomic_torch_save,
-    describe_key_mismatch,
-    non_finite_tensors,
-    safe_torch_load,
-)
+from dinov3_m2f.training import frozen_state_prefixes
+from dinov3_m2f.utils import atomic_open, describe_key_mismatch, load_checkpoint_file, save_finite
 
 logger = logging.getLogger(__name__)
-
-# Extensions that may only be read with pickle (arbitrary code execution); refused.
-PICKLE_EXTENSIONS = (".pkl", ".pickle")
-SAFETENSORS_EXTENSION = ".safetensors"
-
-
-def frozen_state_prefixes(model: nn.Module) -> List[str]:
-    """Sorted prefixes (with trailing dot) of the largest submodules of ``model`` whose
-    parameters are all frozen, e.g. ``["backbone.adapter.backbone."]`` for the DINOv3 ViT."""
-    prefixes: List[str] = []
-    for name, module in model.named_modules():
-        if not name or any(name.startswith(p) for p in prefixes):
-            continue
-        params = list(module.parameters())
-        if params and not any(p.requires_grad for p in params):
-            prefixes.append(name + ".")
-    return sorted(prefixes)
 
 
 class TrainableCheckpointer(DetectionCheckpointer):
@@ -114,14 +91,8 @@ class TrainableCheckpointer(DetectionCheckpointer):
         data.update(kwargs)
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
-        non_finite = non_finite_tensors(data)
-        if non_finite:
-            raise FloatingPointError(
-                f"Refusing to write {save_file}: {len(non_finite)} tensors hold NaN or Inf "
-                f"({', '.join(non_finite[:MAX_LISTED])}); the earlier checkpoints are kept"
-            )
         logger.info("Saving %s checkpoint to %s", data["checkpoint_kind"], save_file)
-        atomic_torch_save(data, save_file)
+        save_finite(data, save_file)
         if tag_last:
             self.tag_last_checkpoint(basename)
 
@@ -131,27 +102,12 @@ class TrainableCheckpointer(DetectionCheckpointer):
             f.write(last_filename_basename)
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
-        if filename.endswith(PICKLE_EXTENSIONS):
-            raise ValueError(
-                f"Refusing to load pickle checkpoint {filename}: unpickling can execute arbitrary "
-                "code. Convert it to .pth (tensors only) or .safetensors."
-            )
-        if filename.endswith(SAFETENSORS_EXTENSION):
-            from safetensors.torch import load_file
-
-            loaded: Dict[str, Any] = {"model": load_file(filename, device="cpu")}
-        else:
-            loaded = safe_torch_load(filename)
-            if not isinstance(loaded, dict):
-                raise ValueError(f"Checkpoint {filename} does not hold a dict")
-            if "model" not in loaded:
-                loaded = {"model": loaded}
         if self._parsed_url_during_load.query:
             raise ValueError(
                 f"Checkpoint {filename}: URL queries are not supported "
                 f"(got '?{self._parsed_url_during_load.query}')"
             )
-        return loaded
+        return load_checkpoint_file(filename)
 
     def _load_model(self, checkpoint: Dict[str, Any]):
         incompatible = super()._load_model(checkpoint)
@@ -177,4 +133,8 @@ class TrainableCheckpointer(DetectionCheckpointer):
     def _log_incompatible_keys(self, incompatible) -> None:
         """Log every key a partial load skipped, in one warning."""
         if any(incompatible):
-            logger.warning("Partial load, skipped: %s", self._mismatch(incompatible))
+            logger.warning(
+                "Partial load of %s, skipped: %s (the model's own initialisation is kept for "
+                "the missing and wrong-shape keys)", self._parsed_url_during_load.path,
+                self._mismatch(incompatible),
+            )
