@@ -14,15 +14,13 @@ from detectron2.utils import comm
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from dinov3_m2f.config_schema import AMP_DTYPES, DEVICE_PATTERN
 from dinov3_m2f.utils import derive_seed
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["AMP_DTYPES", "SegTrainer", "resolve_device"]
 
-AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
-# Device strings accepted by resolve_device besides "auto".
-DEVICE_PATTERN = r"cpu|cuda(:\d+)?"
 DIVERGENCE_HINT = (
     "Likely causes: a learning rate too high for this model and batch size (optimizer.lr, "
     "lr_multiplier warmup), or float16 overflow under autocast (use train.amp.dtype=bfloat16 or "
