@@ -6,10 +6,8 @@ import json
 import logging
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -25,7 +23,7 @@ from dinov3_m2f.d2.hooks import BestCheckpointer, SegEvalHook, SegPeriodicCheckp
 from dinov3_m2f.d2.solver import get_param_groups  # noqa: E402
 from dinov3_m2f.d2.trainer import SegTrainer  # noqa: E402
 from dinov3_m2f.utils import drop_metrics_from  # noqa: E402
-from helpers import load_tool  # noqa: E402
+from helpers import kill_when_file_appears, load_tool  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
@@ -52,20 +50,10 @@ def _metrics(output_dir):
 
 
 def _kill_after_first_checkpoint(env, out):
-    """Start a run, SIGKILL it (and its data-loading workers) once ``last_checkpoint`` exists."""
+    """Start a run, SIGKILL it once ``last_checkpoint`` exists; the file it names."""
     os.makedirs(out)
-    proc = subprocess.Popen(_command(out), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
     last = os.path.join(out, "last_checkpoint")
-    deadline = time.time() + SUBPROCESS_TIMEOUT_S
-    try:
-        while not os.path.exists(last):
-            assert proc.poll() is None, "training exited before writing a checkpoint"
-            assert time.time() < deadline, "no checkpoint written in time"
-            time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_when_file_appears(_command(out), env=env, path=last, timeout_s=SUBPROCESS_TIMEOUT_S)
     with open(last) as f:
         return f.read().strip()
 
