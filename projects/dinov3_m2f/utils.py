@@ -1,5 +1,6 @@
-"""Small helpers shared by the library and the command-line tools (no detectron2): files written
-atomically and read safely, checks of saved states, derived seeds."""
+"""File helpers shared by the library and the command-line tools (no detectron2): files written
+atomically (checkpoints never holding NaN or Inf, ``metrics.json`` trimmed for a resume), files
+read safely (never unpickling code), and the description of checkpoint keys that did not load."""
 import contextlib
 import errno
 import json
@@ -9,7 +10,6 @@ import pickle
 import tempfile
 from typing import IO, Any, Dict, Iterable, Iterator, List, Sequence, Tuple
 
-import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
@@ -17,7 +17,6 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "atomic_open",
     "atomic_torch_save",
-    "derive_seed",
     "describe_key_mismatch",
     "drop_metrics_from",
     "load_checkpoint_file",
@@ -198,19 +197,6 @@ def save_finite(obj: Any, path: str) -> None:
             "the files written before are kept"
         )
     atomic_torch_save(obj, path)
-
-
-def derive_seed(*values: int) -> int:
-    """A 32-bit seed that is a pure function of non-negative integers, e.g. ``(seed, iteration,
-    rank)``. numpy's ``SeedSequence`` hashes them, so neighbouring values give unrelated streams.
-
-    Args:
-        values: non-negative integers.
-
-    Returns:
-        An int in ``[0, 2**32)``, valid for ``np.random.seed`` and ``torch.manual_seed``.
-    """
-    return int(np.random.SeedSequence([int(v) for v in values]).generate_state(1)[0])
 
 
 def non_finite_tensors(state: Any, prefix: str = "") -> List[str]:

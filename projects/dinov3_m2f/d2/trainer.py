@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from dinov3_m2f.config_schema import AMP_DTYPES, DEVICE_PATTERN
-from dinov3_m2f.utils import derive_seed
+from dinov3_m2f.data.sampling import derive_seed
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ every sample has a global *position* ``P = 0, 1, 2, ...`` (counted over all proc
   positions, whatever the number of processes.
 
 The training loop re-seeds torch's random state every iteration from ``(seed, iteration, rank)``
-with :func:`~dinov3_m2f.utils.derive_seed` (point sampling, dropout).
+with :func:`derive_seed` (point sampling, dropout).
 """
 import random
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -23,9 +23,20 @@ import numpy as np
 import torch
 import torch.utils.data as torchdata
 
-from ..utils import derive_seed
+__all__ = ["TrainingSampleStream", "derive_seed", "epoch_order"]
 
-__all__ = ["TrainingSampleStream", "epoch_order"]
+
+def derive_seed(*values: int) -> int:
+    """A 32-bit seed that is a pure function of non-negative integers, e.g. ``(seed, iteration,
+    rank)``. numpy's ``SeedSequence`` hashes them, so neighbouring values give unrelated streams.
+
+    Args:
+        values: non-negative integers.
+
+    Returns:
+        An int in ``[0, 2**32)``, valid for ``np.random.seed`` and ``torch.manual_seed``.
+    """
+    return int(np.random.SeedSequence([int(v) for v in values]).generate_state(1)[0])
 
 
 def epoch_order(size: int, *, seed: int, epoch: int) -> torch.Tensor:
