@@ -92,7 +92,7 @@ def _dataset(root, num):
     return dicts
 
 
-def _loader(dicts, cache, *, max_bad_samples=0):
+def _loader(dicts, cache, *, max_bad_samples=0, num_workers=0):
     from dinov3_m2f.d2.mapper import SemSegDatasetMapper
     from dinov3_m2f.d2.train_loader import build_sem_seg_train_loader
 
@@ -100,7 +100,7 @@ def _loader(dicts, cache, *, max_bad_samples=0):
                                  max_bad_samples=max_bad_samples)
     mapper.skip_bad_samples.retry_delay_s = 0
     return build_sem_seg_train_loader(dicts, mapper=mapper, total_batch_size=2, seed=0,
-                                      scan_cache=cache)
+                                      scan_cache=cache, num_workers=num_workers)
 
 
 def test_the_loader_scans_before_the_first_sample_and_caches_the_scan(tmp_path, caplog):
@@ -144,3 +144,18 @@ def test_a_sample_broken_after_the_scan_is_skipped_then_training_stops_past_the_
     with pytest.raises(TooManyBadSamplesError, match="2 samples failed to read twice, more than the 1 allowed") as info:
         _take(loader, 4)
     assert dicts[2]["file_name"] in str(info.value) and dicts[3]["file_name"] in str(info.value)
+
+
+def test_the_training_loader_gives_the_same_batches_with_workers_and_when_resumed(tmp_path):
+    pytest.importorskip("detectron2")
+
+    dicts = _dataset(tmp_path, 5)
+
+    def file_names(num_workers, start_batch):
+        loader = _loader(dicts, None, num_workers=num_workers)
+        loader.dataset.start_batch = start_batch  # what tools/train_net.py sets on --resume
+        return [[d["file_name"] for d in batch] for batch in _take(loader, 4)]
+
+    single = file_names(0, 0)
+    assert file_names(2, 0) == single
+    assert file_names(2, 2)[:2] == single[2:]
