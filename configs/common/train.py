@@ -2,8 +2,14 @@
 # and override fields: `train = get_config("common/train.py").train`.
 train = dict(
     output_dir="./output",
-    # Trainable-only or full checkpoint to start from (or to evaluate with --eval-only).
+    # Trainable-only or full checkpoint to start from (or to evaluate with --eval-only). It must
+    # set every trainable weight, with no unknown key and no shape difference, or training stops
+    # before iteration 0 listing the keys.
     init_checkpoint="",
+    # True: load only the matching weights of init_checkpoint (another num_classes, backbone and
+    # adapter only, another project's head converted by tools/convert_weights.py) and log every
+    # key skipped; the rest keeps its initialisation. --resume and --eval-only are always strict.
+    init_partial=False,
     max_iter=160000,
     # "cuda", "cpu" or "auto" (CUDA when available).
     device="cuda",

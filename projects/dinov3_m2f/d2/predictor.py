@@ -25,11 +25,11 @@ from detectron2.data.catalog import Metadata
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from dinov3_m2f.data.image import read_image
 from dinov3_m2f.modeling.torch_compile import compile_parts
 
 from .checkpoint import TrainableCheckpointer
 from .config import load_config
-from .mapper import read_image_or_raise
 from .trainer import AMP_DTYPES, resolve_device
 
 logger = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ class SemSegPredictor:
 
     def _as_image(self, image: Union[np.ndarray, str]) -> np.ndarray:
         if isinstance(image, (str, os.PathLike)):
-            return read_image_or_raise(os.fspath(image), image_format="RGB")
+            return read_image(os.fspath(image), image_format="RGB")
         if not isinstance(image, np.ndarray):
             raise TypeError(f"image must be a path or a numpy array, got {type(image).__name__}")
         if image.ndim != 3 or image.shape[2] != _UINT8_CHANNELS or image.dtype != np.uint8:

@@ -2,12 +2,12 @@
 ``train.compile`` setting of the configs (plain PyTorch)."""
 import inspect
 import logging
-from typing import Any, Dict, Mapping, Union
+from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 from torch import nn
 
-__all__ = ["COMPILED_PARTS", "compile_parts"]
+__all__ = ["COMPILED_PARTS", "compile_kwargs", "compile_parts"]
 
 logger = logging.getLogger(__name__)
 
@@ -18,8 +18,26 @@ COMPILED_PARTS = ("backbone", "sem_seg_head")
 CompileSetting = Union[bool, None, Mapping[str, Any]]
 
 
-def _compile_kwargs(setting: Mapping[str, Any]) -> Dict[str, Any]:
-    """``setting`` as ``torch.compile`` keyword arguments; an unknown name is an error."""
+def compile_kwargs(setting: CompileSetting) -> Optional[Dict[str, Any]]:
+    """The ``torch.compile`` keyword arguments of a ``train.compile`` setting.
+
+    Args:
+        setting: False or None (no compilation), True (``torch.compile``'s defaults) or a mapping
+            of ``torch.compile`` keyword arguments.
+
+    Returns:
+        None when nothing is compiled, else the keyword arguments.
+
+    Raises:
+        TypeError: ``setting`` is not a bool, None or a mapping, or names an argument that
+            ``torch.compile`` does not take.
+    """
+    if setting is None or setting is False:
+        return None
+    if setting is True:
+        return {}
+    if not isinstance(setting, Mapping):
+        raise TypeError(f"compile setting must be a bool or a mapping of torch.compile arguments, got {setting!r}")
     accepted = set(inspect.signature(torch.compile).parameters) - {"model"}
     unknown = sorted(set(setting) - accepted)
     if unknown:
@@ -46,18 +64,12 @@ def compile_parts(model: nn.Module, setting: CompileSetting) -> None:
             ``{"backend": "aot_eager"}``, ``{"dynamic": True}``, ``{"mode": "max-autotune"}``.
 
     Raises:
-        TypeError: ``setting`` is not a bool, None or a mapping, or names an argument that
-            ``torch.compile`` does not take.
+        TypeError: see :func:`compile_kwargs`.
         AttributeError: ``model`` lacks one of :data:`COMPILED_PARTS`.
     """
-    if setting is None or setting is False:
+    kwargs = compile_kwargs(setting)
+    if kwargs is None:
         return
-    if setting is True:
-        kwargs: Dict[str, Any] = {}
-    elif isinstance(setting, Mapping):
-        kwargs = _compile_kwargs(setting)
-    else:
-        raise TypeError(f"compile setting must be a bool or a mapping of torch.compile arguments, got {setting!r}")
     missing = [name for name in COMPILED_PARTS if not isinstance(getattr(model, name, None), nn.Module)]
     if missing:
         raise AttributeError(f"{type(model).__name__} has no {missing} submodule to compile")
