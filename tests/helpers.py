@@ -85,3 +85,23 @@ def write_hf_directory(directory, state_dict, *, config=None, num_shards=1):
     with open(os.path.join(directory, "model.safetensors.index.json"), "w") as f:
         json.dump({"metadata": {}, "weight_map": weight_map}, f)
     return directory
+
+
+def kill_when_file_appears(command, *, env, path, timeout_s):
+    """Start ``command`` in a new session and SIGKILL it (with its children, e.g. data-loading
+    workers) as soon as ``path`` exists; fails if it exits or times out before that."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + timeout_s
+    try:
+        while not os.path.exists(path):
+            assert proc.poll() is None, f"{command[1]} exited before writing {path}"
+            assert time.time() < deadline, f"{path} not written in {timeout_s} s"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -14,12 +14,16 @@ from detectron2.data import MetadataCatalog  # noqa: E402
 from detectron2.solver import LRMultiplier  # noqa: E402
 from fvcore.common.param_scheduler import ParamScheduler  # noqa: E402
 
-from dinov3_m2f.d2 import DINOv3Mask2Former, DINOv3PixelSegmentor  # noqa: E402
-from dinov3_m2f.modeling.dinov3 import DINOV3_PRESETS  # noqa: E402
+from dinov3_m2f.d2 import D2DINOv3Backbone, DINOv3Mask2Former, DINOv3PixelSegmentor  # noqa: E402
+from dinov3_m2f.d2.config import load_config  # noqa: E402
+from dinov3_m2f.modeling.adapter import Extractor  # noqa: E402
+from dinov3_m2f.modeling.dinov3 import DINOV3_PRESETS, resolve_frozen_dtype  # noqa: E402
 
 CONFIG_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 ALL_CONFIGS = sorted(glob.glob(os.path.join(CONFIG_ROOT, "**", "*.py"), recursive=True))
 LEAF_CONFIGS = [p for p in ALL_CONFIGS if os.sep + "common" + os.sep not in p]
+SYNTHETIC_CONFIG = os.path.join(CONFIG_ROOT, "synthetic", "m2f_tiny_synthetic.py")
+SEVEN_B_EVAL_CONFIG = os.path.join(CONFIG_ROOT, "ade20k", "m2f_vit7b16_official_head_eval.py")
 TINY_DIM = 32
 
 
@@ -103,6 +107,10 @@ def test_leaf_config_instantiates_tiny(path, tmp_path):
     else:
         assert isinstance(model, DINOv3PixelSegmentor)
 
+    # the frozen ViT's weights are stored in the config's vit_dtype (float32 by default)
+    vit_dtype = resolve_frozen_dtype(cfg.model.backbone.get("vit_dtype", "float32"))
+    assert model.backbone.vit.blocks[0].attn.qkv.weight.dtype == vit_dtype
+
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
     assert isinstance(optimizer, torch.optim.AdamW)
@@ -118,3 +126,30 @@ def test_leaf_config_instantiates_tiny(path, tmp_path):
     LazyConfig.save(cfg, out)
     assert not os.path.exists(out + ".pkl")
     assert LazyConfig.load(out).train.max_iter == cfg.train.max_iter
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in LEAF_CONFIGS if LazyConfig.load(p).model.backbone._target_ is D2DINOv3Backbone], ids=_name
+)
+def test_adapter_checkpointing_and_vit_dtype_are_config_keys(path):
+    # the override checker rejects unknown keys of plain dicts such as adapter_kwargs
+    cfg = load_config(path, overrides=["model.backbone.adapter_kwargs.with_cp=True",
+                                       "model.backbone.vit_dtype=float16"])
+    assert cfg.model.backbone.adapter_kwargs.with_cp is True
+    assert cfg.model.backbone.vit_dtype == "float16"
+
+
+def test_with_cp_override_reaches_every_extractor():
+    for with_cp in (False, True):
+        cfg = load_config(SYNTHETIC_CONFIG, overrides=[f"model.backbone.adapter_kwargs.with_cp={with_cp}"])
+        extractors = [m for m in instantiate(cfg.model.backbone).modules() if isinstance(m, Extractor)]
+        # one per interaction block, plus the last block's extra extractors
+        assert len(extractors) > len(cfg.model.backbone.interaction_indexes)
+        assert all(m.with_cp is with_cp for m in extractors)
+
+
+def test_7b_eval_config_fits_its_memory_target():
+    # issue 13: 7B inference fits in 40 GB with bf16 frozen weights, measured on one window
+    model_cfg = LazyConfig.load(SEVEN_B_EVAL_CONFIG).model
+    assert resolve_frozen_dtype(model_cfg.backbone.vit_dtype) == torch.bfloat16
+    assert model_cfg.slide_batch == 1

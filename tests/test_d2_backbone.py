@@ -1,4 +1,6 @@
-"""D2DINOv3Backbone: detectron2 Backbone contract, frozen ViT, seeded init, norm choice."""
+"""D2DINOv3Backbone: detectron2 Backbone contract, frozen ViT, seeded init, weights dtype, norm choice."""
+import logging
+
 import pytest
 
 pytest.importorskip("detectron2")
@@ -7,7 +9,8 @@ import torch  # noqa: E402
 from detectron2.layers import NaiveSyncBatchNorm, ShapeSpec  # noqa: E402
 from detectron2.structures import ImageList  # noqa: E402
 
-from dinov3_m2f.d2.backbone import D2DINOv3Backbone, dinov3_pyramid_shape  # noqa: E402
+from dinov3_m2f.d2.backbone import D2DINOv3Backbone, D2DINOv3ViTBackbone, dinov3_pyramid_shape  # noqa: E402
+from dinov3_m2f.modeling.dinov3 import build_dinov3  # noqa: E402
 
 EMBED_DIM = 32
 TINY_VIT = dict(embed_dim=EMBED_DIM, depth=4, num_heads=2, patch_size=16)
@@ -70,12 +73,56 @@ def test_init_seed_reproduces_random_vit():
     assert not torch.equal(w1, other.vit.patch_embed.proj.weight)
 
 
-def test_weights_file_is_loaded(tmp_path):
+@pytest.mark.parametrize("backbone_class", [D2DINOv3Backbone, D2DINOv3ViTBackbone])
+def test_seeded_random_vit_has_the_values_of_a_seeded_build_dinov3(backbone_class):
+    # trainable-only checkpoints of the synthetic configs rely on these exact values
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        expected = build_dinov3(None, **TINY_VIT).state_dict()
+    if backbone_class is D2DINOv3Backbone:
+        vit = _tiny_backbone(init_seed=7).vit
+    else:
+        rng_state = torch.random.get_rng_state()
+        vit = D2DINOv3ViTBackbone(preset=None, vit_kwargs=TINY_VIT, init_seed=7).vit
+        assert torch.equal(torch.random.get_rng_state(), rng_state)  # the global RNG is left alone
+    state = vit.state_dict()
+    assert state.keys() == expected.keys()
+    for key, value in state.items():
+        assert value.dtype == torch.float32 and torch.equal(value, expected[key]), key
+
+
+def test_random_vit_without_seed_warns_once(caplog):
+    with caplog.at_level(logging.WARNING):
+        _tiny_backbone(init_seed=None)
+    warnings = [r for r in caplog.records if "no init_seed" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+@pytest.mark.parametrize("vit_dtype", ["float32", "bfloat16"])
+def test_weights_file_is_loaded_in_vit_dtype(tmp_path, vit_dtype):
     source = _tiny_backbone(init_seed=5)
     path = tmp_path / "vit.pth"
     torch.save(source.vit.state_dict(), path)
-    loaded = _tiny_backbone(init_seed=None, weights=str(path))
-    assert torch.equal(loaded.vit.blocks[1].mlp.fc1.weight, source.vit.blocks[1].mlp.fc1.weight)
+    loaded = _tiny_backbone(init_seed=None, weights=str(path), vit_dtype=vit_dtype)
+    weight = loaded.vit.blocks[1].mlp.fc1.weight
+    assert weight.dtype == getattr(torch, vit_dtype)
+    assert torch.equal(weight, source.vit.blocks[1].mlp.fc1.weight.to(weight.dtype))
+    assert loaded.vit.blocks[1].norm1.weight.dtype == torch.float32
+
+
+def test_bf16_vit_weights_run_under_the_vits_autocast_and_keep_the_adapter_float32():
+    backbone = _tiny_backbone(vit_dtype="bfloat16").eval()
+    vit_linear = backbone.vit.blocks[0].attn.qkv.weight
+    assert vit_linear.dtype == torch.bfloat16 and not vit_linear.requires_grad
+    assert all(p.dtype == torch.float32 for p in backbone.adapter.spm.parameters())
+    assert backbone.vit.autocast_dtype == torch.bfloat16
+    with torch.no_grad():
+        features = backbone(torch.randn(1, 3, 64, 64))
+    assert all(f.dtype == torch.float32 and torch.isfinite(f).all() for f in features.values())
+    vit_only = D2DINOv3ViTBackbone(preset=None, vit_kwargs=TINY_VIT, init_seed=0, vit_dtype="bfloat16")
+    assert vit_only.vit.patch_embed.proj.weight.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="int8"):
+        _tiny_backbone(vit_dtype="int8")
 
 
 def test_norm_choice():

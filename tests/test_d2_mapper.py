@@ -13,6 +13,7 @@ from detectron2.config import LazyConfig, instantiate  # noqa: E402
 import torch  # noqa: E402
 
 from dinov3_m2f.d2.mapper import SemSegDatasetMapper  # noqa: E402
+from dinov3_m2f.data.bad_samples import TooManyBadSamplesError  # noqa: E402
 
 SEM_SEG_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "common", "data", "sem_seg.py")
 NUM_CLASSES = 4
@@ -98,38 +99,44 @@ def test_label_map_and_palette_masks(tmp_path):
     assert out["sem_seg"].tolist() == raw.tolist()  # palette indices, not colours
 
 
+def _fails_naming(mapper, record, pattern):
+    """In training, a sample that fails to read twice is skipped; with no skip allowed (the
+    mapper's default) the run stops with the reader's error, which names the file."""
+    mapper.skip_bad_samples.skipped.clear()
+    with pytest.raises(TooManyBadSamplesError, match=pattern):
+        mapper(record)
+
+
 def test_bad_masks_name_the_file(tmp_path):
     record, _, mask = _sample(tmp_path)
     mapper = _mapper([])
+    mapper.skip_bad_samples.retry_delay_s = 0
 
     rgb_path = str(tmp_path / "rgb_mask.png")
     cv2.imwrite(rgb_path, np.repeat(mask[..., None], 3, axis=2))
-    with pytest.raises(ValueError, match=f"{rgb_path}.*3 channels.*single-channel label PNG"):
-        mapper({**record, "sem_seg_file_name": rgb_path})
+    _fails_naming(mapper, {**record, "sem_seg_file_name": rgb_path},
+                  f"{rgb_path}.*3 channels.*single-channel label PNG")
 
     small_path = str(tmp_path / "small_mask.png")
     cv2.imwrite(small_path, mask[:10])
-    with pytest.raises(ValueError, match=f"{record['file_name']}.*{small_path}"):
-        mapper({**record, "sem_seg_file_name": small_path})
+    _fails_naming(mapper, {**record, "sem_seg_file_name": small_path}, f"{record['file_name']}.*{small_path}")
 
     bad_path = str(tmp_path / "bad_values.png")
     bad = mask.copy()
     bad[0, 0], bad[1, 1] = 7, 200
     cv2.imwrite(bad_path, bad)
-    with pytest.raises(ValueError, match=rf"{bad_path}.*\[7, 200\]"):
-        mapper({**record, "sem_seg_file_name": bad_path})
+    _fails_naming(mapper, {**record, "sem_seg_file_name": bad_path}, rf"{bad_path}.*\[7, 200\]")
 
     broken_path = str(tmp_path / "broken.png")
     with open(broken_path, "wb") as f:
         f.write(b"not a png")
-    with pytest.raises(ValueError, match=f"cannot read mask file {broken_path}"):
-        mapper({**record, "sem_seg_file_name": broken_path})
+    _fails_naming(mapper, {**record, "sem_seg_file_name": broken_path}, f"cannot read mask file {broken_path}")
 
-    with pytest.raises(FileNotFoundError, match="missing.png"):
-        mapper({**record, "sem_seg_file_name": str(tmp_path / "missing.png")})
+    _fails_naming(mapper, {**record, "sem_seg_file_name": str(tmp_path / "missing.png")}, "missing.png")
 
     with pytest.raises(ValueError, match=f"{record['file_name']}.*no 'sem_seg_file_name'"):
         mapper({"file_name": record["file_name"]})
 
-    with pytest.raises(ValueError, match=f"{record['sem_seg_file_name']}.*label_map"):
-        _mapper([], label_map={0: 0})(record)
+    label_mapper = _mapper([], label_map={0: 0})
+    label_mapper.skip_bad_samples.retry_delay_s = 0
+    _fails_naming(label_mapper, record, f"{record['sem_seg_file_name']}.*label_map")

@@ -143,8 +143,31 @@ def test_normalization_buffers_follow_weight_family():
         (dict(normalization="imagenet"), "normalization"),
         (dict(test_mode="sliding"), "test_mode"),
         (dict(test_mode="slide"), "slide_crop_size"),
+        (dict(slide_batch=0), "slide_batch"),
     ],
 )
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         _tiny_model(**kwargs)
+
+
+@pytest.mark.parametrize("test_mode", ["slide", "tta"])
+def test_slide_batch_reaches_the_windows_and_keeps_the_scores(test_mode):
+    # 96x128 image, 64x64 windows every 32 px: 2 x 3 = 6 windows per view
+    kwargs = dict(test_mode=test_mode, slide_crop_size=(64, 64), slide_stride=(32, 32), tta_scales=(1.0,))
+    image = {"image": _image(96, 128)}
+    scores, batch_sizes = {}, {}
+    for slide_batch in (1, 4):
+        model = _tiny_model(slide_batch=slide_batch, **kwargs).eval()
+        batch_sizes[slide_batch] = sizes = []
+        predict = model._predict_scores
+
+        def recording_predict(images, predict=predict, sizes=sizes):
+            sizes.append(images.shape[0])
+            return predict(images)
+
+        model._predict_scores = recording_predict
+        with torch.no_grad():
+            scores[slide_batch] = model([image])[0]["sem_seg"]
+    assert batch_sizes == {1: [1] * 6, 4: [4, 2]}
+    torch.testing.assert_close(scores[4], scores[1])

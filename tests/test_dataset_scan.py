@@ -189,3 +189,18 @@ def test_other_errors_are_not_retried_or_skipped():
     assert len(calls) == 1
     with pytest.raises(ValueError, match="max_bad_samples"):
         BadSampleSkipper(max_bad_samples=-1)
+
+
+def test_a_dataset_with_no_labelled_pixel_is_refused_also_from_the_cache(tmp_path):
+    dicts = _dataset(tmp_path, num=3)
+    cache = str(tmp_path / "cache.json")
+    assert _scan(dicts, cache).labelled_pixels == 3 * SIZE[0] * SIZE[1]
+    # a label_map that sends every stored value to the ignore value leaves nothing to learn
+    everything_ignored = {value: 255 for value in range(NUM_CLASSES)}
+    for _ in range(2):  # the second scan reads the cache
+        with pytest.raises(DatasetScanError, match="none of the 3 training samples has a labelled pixel"):
+            _scan(dicts, cache, label_map=everything_ignored)
+    for record in dicts:
+        Image.fromarray(np.full(SIZE, 255, dtype=np.uint8)).save(record["sem_seg_file_name"])
+    with pytest.raises(DatasetScanError, match="ignore value 255"):
+        _scan(dicts, cache)

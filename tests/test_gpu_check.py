@@ -15,7 +15,7 @@ SCRIPT = os.path.join(REPO, "tools", "gpu_check.sh")
 # iopath, yacs, termcolor) is a dependency of the core (weight init): it travels as wheels.
 MISSING_ON_GPU_IMAGE = ["detectron2", "omegaconf", "hydra", "pycocotools"]
 _RUN_TIMEOUT_S = 900
-STEPS = ["build", "tests", "op-512", "model-vitl", "model-7b", "op-1024"]
+STEPS = ["build", "tests", "op-512", "model-vitl", "model-7b", "op-1024", "compile"]
 
 # Makes every Python process of the check fail to import MISSING_ON_GPU_IMAGE.
 _BLOCKER = """
@@ -118,16 +118,26 @@ def test_dry_run_writes_op_model_and_test_rows(dry_run):
     assert all(float(r["peak MiB"]) >= 0 for r in ops if r["fwd ms"][0].isdigit())
     assert all("tools/benchmark_ops.py" in r["command"] for r in ops)
 
-    models = {(r["mode"], r["frozen ViT"]): r for r in _table(text, "Model")}
-    assert set(models) == {("train", "fp32"), ("infer", "fp32"), ("infer", "bf16")}
-    assert float(models[("train", "fp32")]["ms/iter"]) > 0 and float(models[("infer", "bf16")]["images/s"]) > 0
-    assert "--head official" in models[("infer", "bf16")]["command"]
+    # the ViT-L step and the 7B step, both with bf16 frozen weights as their configs
+    models = {(r["mode"], "--head official" in r["command"]): r for r in _table(text, "Model")}
+    assert set(models) == {("train", False), ("infer", False), ("infer", True)}
+    assert all(r["frozen ViT"] == "bf16" for r in models.values())
+    assert float(models[("train", False)]["ms/iter"]) > 0 and float(models[("infer", True)]["images/s"]) > 0
     tests = _table(text, "Tests")[0]["result"]
     passed = int(re.match(r"(\d+) passed, 0 failed, 0 errors", tests).group(1))
     assert passed > 0
 
+    # the torch.compile speed-up: eager and compiled inference of the tiny model (aot_eager in a dry run)
+    (row,) = _table(text, "torch.compile")
+    assert (row["model"], row["mode"], row["backend"]) == ("tiny", "infer", "aot_eager")
+    assert float(row["eager ms"]) > 0 and float(row["compiled ms"]) > 0
+    assert float(row["speed-up"].rstrip("x")) == pytest.approx(float(row["eager ms"]) / float(row["compiled ms"]),
+                                                               rel=0.02, abs=0.01)
+    assert float(row["max abs pred_masks diff"]) < 0.1  # same model and bf16 autocast: bf16 rounding only
+    assert "tools/benchmark_compile.py" in row["command"]
+
     records = json.loads((out / "gpu_records.json").read_text())
-    assert {r["kind"] for r in records["records"]} == {"op", "model"}
+    assert {r["kind"] for r in records["records"]} == {"op", "model", "compile"}
     assert records["tests"]["passed"] == passed
 
 
@@ -181,6 +191,7 @@ def test_the_detectron2_step_runs_tools_benchmark(tmp_path):
     text = (tmp_path / "gpu_results.md").read_text()
     rows = {r["mode"]: r for r in _table(text, "Model")}
     assert set(rows) == {"train (detectron2)", "infer (detectron2)"}
+    assert all(r["frozen ViT"] == "float32" for r in rows.values())  # the dry run's synthetic config
     assert float(rows["train (detectron2)"]["ms/iter"]) > 0
     assert float(rows["infer (detectron2)"]["images/s"]) > 0
     assert all("tools/benchmark.py" in r["command"] for r in rows.values())

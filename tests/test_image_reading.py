@@ -215,11 +215,17 @@ def test_bgr_order_and_bad_format(tmp_path):
 
 
 def test_training_and_inference_reader_reads_16_bit(tmp_path):
-    """The d2 mapper's reader goes through the same reader (was: an all-white image)."""
+    """The d2 mapper reads through the same reader in training and inference (was: an all-white
+    image)."""
     pytest.importorskip("detectron2")
-    from dinov3_m2f.d2.mapper import read_image_or_raise
+    from dinov3_m2f.d2.mapper import SemSegDatasetMapper
 
-    path = tmp_path / "gray16.png"
+    path, mask = tmp_path / "gray16.png", tmp_path / "mask.png"
     Image.fromarray(_ramp16()).save(path)
-    np.testing.assert_array_equal(read_image_or_raise(str(path), image_format="RGB"), read_image(str(path)))
-    assert read_image_or_raise(str(path), image_format="RGB").min() == 0
+    Image.fromarray(np.zeros(_ramp16().shape, dtype=np.uint8)).save(mask)
+    record = {"file_name": str(path), "sem_seg_file_name": str(mask)}
+    for is_train in (True, False):
+        mapper = SemSegDatasetMapper(is_train=is_train, augmentations=[], num_classes=1)
+        image = mapper(record)["image"].permute(1, 2, 0).numpy()  # [H, W, 3]
+        np.testing.assert_array_equal(image, read_image(str(path)))
+        assert image.min() == 0

@@ -26,7 +26,9 @@ from dinov3_m2f.d2.evaluation import (  # noqa: E402
     SkippingSemSegEvaluator,
     build_sem_seg_test_loader,
 )
-from dinov3_m2f.d2.mapper import SemSegDatasetMapper, UnreadableImageError  # noqa: E402
+from dinov3_m2f.d2.mapper import SemSegDatasetMapper  # noqa: E402
+from dinov3_m2f.data.bad_samples import TooManyBadSamplesError  # noqa: E402
+from dinov3_m2f.data.image import UnreadableImageError  # noqa: E402
 
 NUM_CLASSES = 3
 SIZE = (12, 16)  # H, W
@@ -60,39 +62,43 @@ def _test_mapper():
 
 def test_training_mapper_names_an_unreadable_image(tmp_path):
     record = _write_pair(tmp_path, "x", 1)
+    # no bad sample allowed: the first sample that fails twice stops training, naming the file
     mapper = SemSegDatasetMapper(is_train=True, augmentations=[], num_classes=NUM_CLASSES)
+    mapper.skip_bad_samples.retry_delay_s = 0
     _truncate(record["file_name"])
-    with pytest.raises(UnreadableImageError, match=f"cannot read image file {record['file_name']}"):
+    with pytest.raises(TooManyBadSamplesError, match=f"cannot read image file {record['file_name']}"):
         mapper(record)
+    missing = str(tmp_path / "missing.png")
+    mapper.skip_bad_samples.skipped.clear()
+    with pytest.raises(TooManyBadSamplesError, match=f"image file {missing} does not exist"):
+        mapper({**record, "file_name": missing})
+    # the test mapper raises at once; only the test loader turns it into a skip
     with open(record["file_name"], "wb") as f:
         f.write(b"not an image")
     with pytest.raises(UnreadableImageError, match=f"cannot read image file {record['file_name']}"):
-        mapper(record)
-    missing = str(tmp_path / "missing.png")
-    with pytest.raises(UnreadableImageError, match=f"image file {missing} does not exist"):
-        mapper({**record, "file_name": missing})
-    # the test mapper raises the same error; only the test loader turns it into a skip
-    with pytest.raises(UnreadableImageError, match="cannot read image file"):
         _test_mapper()(record)
 
 
-def test_training_run_stops_naming_the_unreadable_image(synthetic_env, tmp_path):
+def test_training_run_stops_before_iteration_0_listing_every_bad_file(synthetic_env, tmp_path):
     # The images are broken in a private copy: the session's synthetic dataset stays intact.
     shared = os.path.join(synthetic_env["DETECTRON2_DATASETS"], "dinov3_m2f_synthetic")
     root = str(tmp_path / "datasets" / "dinov3_m2f_synthetic")
     shutil.copytree(shared, root)
     env = {**synthetic_env, "DETECTRON2_DATASETS": str(tmp_path / "datasets")}
     train_images = sorted(glob.glob(os.path.join(root, "train", "images", "*.png")))
-    for path in train_images:  # every image, so that the first batch hits one
-        _truncate(path)
+    broken = train_images[::5]
+    for path in broken:  # the header scan finds files that are not images
+        with open(path, "wb") as f:
+            f.write(b"not an image")
     proc = subprocess.run(
         _command(str(tmp_path / "run"), "train.max_iter=2", "train.eval_period=0"),
         env=env, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S,
     )
     assert proc.returncode != 0
-    last_line = proc.stderr.strip().splitlines()[-1]
-    assert last_line.startswith("dinov3_m2f.d2.mapper.UnreadableImageError: cannot read image file")
-    assert any(path in last_line for path in train_images)
+    error = proc.stderr[proc.stderr.index("dinov3_m2f.data.scan.DatasetScanError"):]
+    assert all(path in error for path in broken)
+    assert not any(path in error for path in train_images if path not in broken)
+    assert "Starting training from iteration" not in proc.stdout + proc.stderr
 
 
 def test_eval_loader_skips_unreadable_images_with_a_warning(tmp_path, caplog):
@@ -231,7 +237,9 @@ def test_checkpointer_names_an_unreadable_checkpoint_file(tmp_path):
 def test_checkpoint_of_another_model_lists_missing_and_unexpected_keys(tmp_path):
     other = nn.Sequential(nn.Linear(2, 2))
     TrainableCheckpointer(other, str(tmp_path), full=True).save("other")
-    with pytest.raises(RuntimeError, match=r"missing=\[.*'head\.weight'.*unexpected=\[.*'0\.weight'"):
+    with pytest.raises(RuntimeError, match=r"other\.pth.*missing in the file: backbone\.\{bias, periods, weight\}, "
+                       r"head\.\{bias, weight\}, norm\.\{bias, weight\}, query_feat; "
+                       r"unexpected in the file: 0\.\{bias, weight\}"):
         TrainableCheckpointer(_Tiny(), strict=True).load(str(tmp_path / "other.pth"))
 
 

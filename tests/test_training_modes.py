@@ -13,15 +13,16 @@ pytest.importorskip("detectron2")
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from dinov3_m2f.d2.checkpoint import TrainableCheckpointer, frozen_state_prefixes  # noqa: E402
+from dinov3_m2f.d2.checkpoint import TrainableCheckpointer  # noqa: E402
 from dinov3_m2f.d2.hooks import (  # noqa: E402
     BestCheckpointer,
     EarlyStopping,
     SegEvalHook,
     SegPeriodicCheckpointer,
 )
-from dinov3_m2f.d2.solver import get_param_groups, set_trainable  # noqa: E402
+from dinov3_m2f.d2.solver import get_param_groups  # noqa: E402
 from dinov3_m2f.d2.trainer import SegTrainer  # noqa: E402
+from dinov3_m2f.training import frozen_state_prefixes, set_trainable  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")

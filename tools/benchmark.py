@@ -52,6 +52,7 @@ from dinov3_m2f.benchmarking import (
 )
 from dinov3_m2f.d2.trainer import AMP_DTYPES, SegTrainer, resolve_device
 from dinov3_m2f.d2.config import load_config
+from dinov3_m2f.modeling.torch_compile import compile_parts
 
 AMP_CHOICES = {"bf16": "bfloat16", "fp16": "float16", "none": None}
 
@@ -177,6 +178,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = instantiate(cfg.model).to(device)
+    compile_parts(model, cfg.train.compile)
     amp_name = AMP_CHOICES[args.amp]
     amp_dtype = AMP_DTYPES[amp_name] if amp_name else None
     generator = torch.Generator().manual_seed(0)
@@ -185,7 +187,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     record = dict(date=args.date or datetime.date.today().isoformat(),
                   machine=args.machine or describe_machine(device), torch=torch.__version__,
-                  config=os.path.basename(args.config_file), device=device.type,
+                  config=" ".join([os.path.basename(args.config_file), *args.opts]), device=device.type,
+                  frozen_dtype=cfg.model.backbone.get("vit_dtype", "float32"),
                   threads=torch.get_num_threads(), amp=args.amp, batch=args.batch_size,
                   input="{}x{}".format(*args.input_size))
     train_cells = ["skipped", "skipped"]

@@ -9,7 +9,8 @@ a preset name (e.g. ``vits16``) the preset ViT with the original Mask2Former hea
 ``torch.compile(fullgraph=True, backend=--backend)`` (so a graph break fails the run); the first
 compiled call, which compiles, is reported on its own. Times are medians over ``--iters`` calls
 after ``--warmup`` calls; the last column is the largest difference between the eager and the
-compiled ``pred_masks``.
+compiled ``pred_masks``. ``--json`` also writes the figures as a record (``tools/gpu_check.py``
+reads it).
 
 Examples:
     python tools/benchmark_compile.py --model tiny --amp bf16 --threads 2
@@ -19,16 +20,14 @@ Examples:
 import argparse
 import datetime
 import logging
-import os
-import platform
 import statistics
 import sys
-import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 
+from dinov3_m2f.benchmarking import AMP_DTYPES, autocast, describe_machine, markdown_table, time_ms, write_records
 from dinov3_m2f.layers import _extension
 from dinov3_m2f.modeling.adapter import DINOv3Adapter
 from dinov3_m2f.modeling.dinov3 import INTERACTION_INDEXES, build_dinov3
@@ -49,7 +48,6 @@ TINY_HEAD = dict(
     dec_layers=3,
 )
 TINY_IMAGE_SIZE = 128
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 Outputs = Dict[str, object]
 
 
@@ -90,34 +88,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--machine", default=None, help="machine description in the row (default: from the system)")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as a JSON record")
     args = parser.parse_args(argv)
     if args.iters < 1 or args.warmup < 0 or args.batch_size < 1:
         parser.error("--iters and --batch-size must be >= 1, --warmup >= 0")
     if args.image_size is None:
         args.image_size = TINY_IMAGE_SIZE if args.model == "tiny" else 512
     return args
-
-
-def describe_machine(device: torch.device) -> str:
-    """E.g. ``"2-core x86_64 CPU, no GPU"`` or ``"NVIDIA H200, 16-core x86_64 CPU"``."""
-    cpu = f"{os.cpu_count()}-core {platform.machine()} CPU"
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, {cpu}"
-    return cpu if torch.cuda.is_available() else f"{cpu}, no GPU"
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work (CUDA); nothing on the CPU."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _time(fn: Callable[[], Outputs], device: torch.device) -> float:
-    synchronize(device)
-    start = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - start
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -137,7 +114,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     def runner(module: nn.Module) -> Callable[[], Outputs]:
         def run() -> Outputs:
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            with autocast(device, amp_dtype):
                 if args.mode == "infer":
                     with torch.inference_mode():
                         return module(images)
@@ -149,28 +126,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return run
 
     run_eager, run_compiled = runner(model), runner(compiled)
-    compile_s = _time(run_compiled, device)
+    compile_s = time_ms(run_compiled, device=device, warmup=0, iters=1)[0] / 1e3
     times: Dict[str, List[float]] = {"eager": [], "compiled": []}
     for _ in range(args.warmup):
         run_eager()
         run_compiled()
     for _ in range(args.iters):  # interleaved: load changes on a shared machine hit both alike
-        times["eager"].append(_time(run_eager, device))
-        times["compiled"].append(_time(run_compiled, device))
-    if args.mode == "train":
-        diff = "-"  # batch-norm statistics and dropout make two training calls differ anyway
-    else:
-        diff = f"{(run_compiled()['pred_masks'].float() - run_eager()['pred_masks'].float()).abs().max().item():.2e}"
-    eager_ms, compiled_ms = (1e3 * statistics.median(times[k]) for k in ("eager", "compiled"))
+        times["eager"] += time_ms(run_eager, device=device, warmup=0, iters=1)
+        times["compiled"] += time_ms(run_compiled, device=device, warmup=0, iters=1)
+    diff: Optional[float] = None  # training: batch-norm statistics and dropout make two calls differ anyway
+    if args.mode == "infer":
+        diff = (run_compiled()["pred_masks"].float() - run_eager()["pred_masks"].float()).abs().max().item()
+    eager_ms, compiled_ms = (statistics.median(times[k]) for k in ("eager", "compiled"))
 
     machine = args.machine or describe_machine(device)
     threads = torch.get_num_threads() if device.type == "cpu" else "-"
-    print("| date | machine | torch | threads | model | mode | amp | batch | input | backend | first call s "
-          "| eager ms | compiled ms | speed-up | max abs pred_masks diff |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    print(f"| {datetime.date.today().isoformat()} | {machine} | {torch.__version__} | {threads} | {args.model} "
-          f"| {args.mode} | {args.amp} | {args.batch_size} | {args.image_size}x{args.image_size} | {args.backend} "
-          f"| {compile_s:.0f} | {eager_ms:.1f} | {compiled_ms:.1f} | {eager_ms / compiled_ms:.2f}x | {diff} |")
+    print(markdown_table(
+        ["date", "machine", "torch", "threads", "model", "mode", "amp", "batch", "input", "backend", "first call s",
+         "eager ms", "compiled ms", "speed-up", "max abs pred_masks diff"],
+        [[datetime.date.today().isoformat(), machine, torch.__version__, threads, args.model, args.mode, args.amp,
+          args.batch_size, f"{args.image_size}x{args.image_size}", args.backend, f"{compile_s:.0f}",
+          f"{eager_ms:.1f}", f"{compiled_ms:.1f}", f"{eager_ms / compiled_ms:.2f}x",
+          "-" if diff is None else f"{diff:.2e}"]],
+    ))
+    write_records(args.json, [dict(model=args.model, mode=args.mode, amp=args.amp, batch=args.batch_size,
+                                   image_size=args.image_size, backend=args.backend, first_call_s=compile_s,
+                                   eager_ms=eager_ms, compiled_ms=compiled_ms, speedup=eager_ms / compiled_ms,
+                                   max_abs_diff=diff)])
     return 0
 
 

@@ -118,16 +118,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def build_frozen_vit(args: argparse.Namespace, device: torch.device) -> nn.Module:
     """The frozen ViT, built on ``device`` with its weights stored in ``--frozen-dtype``.
 
-    Built in float32 on the device, then its parameters are cast: a 7B ViT never exists on the
-    host, but does exist once in float32 on the device. When ``build_dinov3`` takes the storage
-    dtype itself (issue 13, part 2: meta-device construction), pass ``--frozen-dtype`` to it here
-    instead of casting. Buffers (RoPE periods, the k-bias mask) stay in float32.
+    Stored as ``build_frozen_dinov3`` stores them (the configs' ``vit_dtype``): the weights of the
+    Linear layers and the patch embedding in ``--frozen-dtype``, LayerNorm, LayerScale, tokens and
+    buffers in float32. Unlike ``build_frozen_dinov3``'s random initialisation, which runs in float32
+    on the CPU (28 GB of host memory for 7B), the ViT is initialised in float32 on ``device`` and then
+    cast: a 7B ViT never exists on the host, but does exist once in float32 on the device.
     """
     with torch.device(device):
         vit = build_dinov3(None, **TINY_BACKBONE) if args.tiny else build_dinov3(args.backbone)
     frozen_dtype = DTYPES[args.frozen_dtype]
-    for param in vit.parameters():
-        param.data = param.data.to(frozen_dtype)
+    for name, param in vit.named_parameters():
+        param.data = param.data.to(vit.storage_dtype(name, frozen_dtype))
     # Weights stored in a half type need autocast around the ViT even without --dtype.
     vit.autocast_dtype = None if frozen_dtype == torch.float32 else frozen_dtype
     if device.type == "cuda":

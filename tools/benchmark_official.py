@@ -35,16 +35,14 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
-from benchmark_compile import describe_machine, synchronize  # tools/ is sys.path[0] for a tool
 from torch import nn
 
+from dinov3_m2f.benchmarking import AMP_DTYPES, autocast, describe_machine, synchronize
 from dinov3_m2f.modeling.adapter import DINOv3Adapter
 from dinov3_m2f.modeling.dinov3 import INTERACTION_INDEXES, build_dinov3
 from dinov3_m2f.modeling.mask2former_head import Mask2FormerHead, official_dinov3_head_kwargs
 from dinov3_m2f.modeling.official_weights import convert_official_segmentor_state_dict, load_converted_state_dict
 
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 # ours-fp32-pd and ours share one model; the pixel decoder's force_fp32 is set before each run
 OUR_MODELS = {"ours-fp32-pd": True, "ours": None}
 Outputs = Dict[str, object]
@@ -136,14 +134,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     gen = torch.Generator().manual_seed(0)
     for batch in args.batch_sizes:
         images = torch.randn(batch, 3, args.image_size, args.image_size, generator=gen).to(device)
-        autocast = torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
         with torch.inference_mode():
             pixel_decoder.force_fp32 = True
             reference = ours(images)  # float32, no autocast
             outputs = {}
             wall: Dict[str, List[float]] = {name: [] for name in models}
             cpu: Dict[str, List[float]] = {name: [] for name in models}
-            with autocast:
+            with autocast(device, amp_dtype):
                 for name, run in models.items():
                     for _ in range(args.warmup):
                         run(images)

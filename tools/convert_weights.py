@@ -58,7 +58,7 @@ from dinov3_m2f.modeling.official_weights import (
     convert_official_head_state_dict,
     convert_official_segmentor_state_dict,
 )
-from dinov3_m2f.utils import atomic_torch_save, safe_numpy_pickle_load, safe_torch_load
+from dinov3_m2f.utils import PICKLE_EXTENSIONS, atomic_torch_save, safe_numpy_pickle_load, safe_torch_load
 
 logger = logging.getLogger("convert_weights")
 
@@ -71,7 +71,6 @@ D2_CLASS_MERGE_KEY = D2_HEAD_PREFIX + "class_merge." + OLD_TO_NEW_KEY
 WRAPPER_KEYS = ("model", "state_dict")
 OFFICIAL_KEY_PREFIX = "segmentation_model."
 SOURCES = ("dinov3", "mask2former")
-PICKLE_EXTENSION = ".pkl"
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -238,7 +237,7 @@ def load_mask2former_state_dict(path: str) -> StateDict:
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"input checkpoint {path} does not exist")
-    if path.endswith(PICKLE_EXTENSION):
+    if path.endswith(PICKLE_EXTENSIONS):
         loaded: Any = safe_numpy_pickle_load(path, what="Mask2Former checkpoint")
     else:
         loaded = safe_torch_load(path, what="Mask2Former checkpoint")

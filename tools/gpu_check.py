@@ -13,12 +13,15 @@ fails is reported and the next one runs):
   op-512      tools/benchmark_ops.py at the 512x512 shapes (pixel decoder, adapter extractor),
               batch 16, float32 and bfloat16: compiled op, grid_sample reference and, with
               --baseline-ext, the original Deformable-DETR kernel (float32)
-  model-vitl  tools/benchmark_head.py: ViT-L/16 + adapter + Mask2Former(256), as the ADE20K/LoveDA
-              configs; train step at batch 16, 512x512, bf16 autocast; whole-image inference at
-              batch 1; peak memory
+  model-vitl  tools/benchmark_head.py: ViT-L/16 (frozen weights in bf16) + adapter + Mask2Former(256),
+              as the ADE20K/LoveDA configs; train step at batch 16, 512x512, bf16 autocast;
+              whole-image inference at batch 1; peak memory
   model-7b    tools/benchmark_head.py: ViT-7B/16 (frozen weights in bf16) + adapter + official
               DINOv3 head (hidden 2048), inference of one 896x896 window (the eval config's crop)
   op-1024     as op-512 at 1024x1024
+  compile     tools/benchmark_compile.py: the speed-up of torch.compile (Inductor, fullgraph: a graph
+              break fails the step) on ViT-L/16 + adapter + Mask2Former(256) inference at batch 1,
+              512x512, bf16 autocast (what train.compile switches on), eager vs compiled
   d2-vitl     only with --d2-source: tools/benchmark.py with configs/ade20k/m2f_vitl16_lvd1689m_512.py
               (detectron2's trainer and meta-architecture), detectron2 taken from that source tree
 
@@ -30,8 +33,9 @@ on a bare GPU image (Python, torch, scipy, pytest) plus the core's pure-Python d
 file, not by the exit code: the exit code is 1 when a step failed, else 0.
 
 --dry-run runs the same steps on the CPU with tiny shapes and few iterations (about a minute):
-the build step only checks that the extension is importable, CUDA tests skip themselves, and the
-results file is written the same way; its figures check the plumbing, not speed.
+the build step only checks that the extension is importable, CUDA tests skip themselves, the
+compile step uses the aot_eager backend (Dynamo and AOTAutograd without Inductor's C++ compiler),
+and the results file is written the same way; its figures check the plumbing, not speed.
 
 Writes into --out: gpu_results.md (every figure as docs/benchmarks.md rows, the targets with
 pass/fail, the step times), gpu_check.log (each step's commands and full output) and
@@ -75,7 +79,8 @@ FAILURE_TAIL_LINES = 25
 TEST_FILES = ["tests/test_ms_deform_attn_op.py", "tests/test_ms_deform_attn_module.py",
               "tests/test_reliability_core.py"]
 # Expected wall time of each step on one H200 and its hard limit, in seconds. Expected: about
-# 370 s in all (310 s without d2-vitl), inside DEFAULT_TIME_LIMIT_S with room for a slow start.
+# 460 s in all (400 s without d2-vitl), inside DEFAULT_TIME_LIMIT_S; the steps run in this order,
+# so a slow start leaves out the last ones (compile, d2-vitl) first.
 STEP_TIMES = {
     # nvcc on one .cu file (4 dtypes, one architecture) beside two C++ files, in parallel
     "build": (90, 240),
@@ -89,6 +94,9 @@ STEP_TIMES = {
     "model-7b": (60, 180),
     # 4x the tokens of op-512: the reference takes ~40 ms per fwd+bwd
     "op-1024": (45, 120),
+    # Dynamo tracing and Inductor/Triton kernels of the ViT-L inference graph on 16 cores ~60 s;
+    # 2 x 13 calls of ~30 ms
+    "compile": (90, 200),
     # detectron2 builds the model on the CPU (ViT-L init ~20 s), then as model-vitl
     "d2-vitl": (60, 180),
 }
@@ -97,6 +105,8 @@ STEP_TIMES = {
 BATCH = 16
 OP_WARMUP, OP_ITERS = 3, 20
 MODEL_WARMUP, MODEL_ITERS = 3, 10
+# The compile step: the model of model-vitl (a preset of tools/benchmark_compile.py) at 512x512.
+COMPILE_MODEL, COMPILE_IMAGE_SIZE = "vitl16", 512
 # One window of configs/ade20k/m2f_vit7b16_official_head_eval.py (slide_crop_size).
 SEVEN_B_WINDOW = 896
 SEVEN_B_WARMUP, SEVEN_B_ITERS = 2, 5
@@ -105,6 +115,7 @@ SEVEN_B_WARMUP, SEVEN_B_ITERS = 2, 5
 DRY_OP_SIZES = (64, 96)
 DRY_WARMUP, DRY_OP_ITERS, DRY_MODEL_ITERS = 1, 2, 1
 DRY_D2_POINTS = 256
+DRY_COMPILE_BACKEND = "aot_eager"
 VITL_CONFIG = "configs/ade20k/m2f_vitl16_lvd1689m_512.py"
 DRY_D2_CONFIG = "configs/synthetic/m2f_tiny_synthetic.py"
 # Packages the detectron2 step needs beyond a bare GPU image (carry them as wheels; the core
@@ -143,7 +154,7 @@ class Step:
     """One step of the check: commands run in order, stopping at the first failure."""
 
     name: str
-    kind: str  # "build", "tests", "op", "model" (core) or "d2" (detectron2): how to read its records
+    kind: str  # "build", "tests", "op", "model", "compile" (core) or "d2" (detectron2): how to read its records
     what: str
     commands: List[List[str]]
     env: Dict[str, str] = field(default_factory=dict)
@@ -318,7 +329,7 @@ def build_steps(ctx: Context, gpu: Optional[Dict[str, str]]) -> List[Step]:
 
     vitl = head_step(
         "model-vitl", "ViT-L/16 + adapter + M2F(256) (core): train step and whole-image inference",
-        ["--backbone", "vitl16", "--head", "m2f", "--dtype", "bf16"],
+        ["--backbone", "vitl16", "--head", "m2f", "--dtype", "bf16", "--frozen-dtype", "bf16"],
         ["--image-size", "512", "--batch-size", str(BATCH), "--infer-batch-size", "1",
          "--warmup", str(MODEL_WARMUP), "--iters", str(MODEL_ITERS)])
     seven_b = head_step(
@@ -327,7 +338,16 @@ def build_steps(ctx: Context, gpu: Optional[Dict[str, str]]) -> List[Step]:
          "--skip-train"],
         ["--image-size", str(SEVEN_B_WINDOW), "--infer-batch-size", "1", "--warmup", str(SEVEN_B_WARMUP),
          "--iters", str(SEVEN_B_ITERS)])
-    steps = [build, tests, op_step(512, DRY_OP_SIZES[0]), vitl, seven_b, op_step(1024, DRY_OP_SIZES[1])]
+    compile_args = (["--model", "tiny", "--image-size", str(DRY_OP_SIZES[0]), "--backend", DRY_COMPILE_BACKEND,
+                     "--warmup", str(DRY_WARMUP), "--iters", str(DRY_MODEL_ITERS)] if dry else
+                    ["--model", COMPILE_MODEL, "--image-size", str(COMPILE_IMAGE_SIZE), "--backend", "inductor",
+                     "--warmup", str(MODEL_WARMUP), "--iters", str(MODEL_ITERS)])
+    compile_step = Step(
+        "compile", "compile", "torch.compile speed-up (eager vs compiled) of the ViT-L model's inference (core)",
+        [_python("tools/benchmark_compile.py", *compile_args, "--mode", "infer", "--batch-size", "1", "--amp", "bf16",
+                 "--device", device, "--json", json_path("compile"))], records=json_path("compile"))
+    steps = [build, tests, op_step(512, DRY_OP_SIZES[0]), vitl, seven_b, op_step(1024, DRY_OP_SIZES[1]),
+             compile_step]
 
     if args.d2_source:
         if dry:
@@ -542,11 +562,11 @@ def _model_rows(records: List[Dict]) -> List[Tuple[str, List[str]]]:
         if r["kind"] == "d2":
             if "train_ms_per_iter" in r:
                 rows.append((r["step"], [r["config"], "train (detectron2)", r["input"], r["batch"], r["amp"],
-                                         "fp32", _figure(r, "train_ms_per_iter", ".1f"), "",
+                                         r["frozen_dtype"], _figure(r, "train_ms_per_iter", ".1f"), "",
                                          _figure(r, "train_peak_mib", ".0f"), _figure(r, "train_reserved_mib", ".0f")]))
-            rows.append((r["step"], [r["config"], "infer (detectron2)", r["input"], r["batch"], r["amp"], "fp32",
-                                     "", _figure(r, "infer_images_per_s", ".2f"), _figure(r, "infer_peak_mib", ".0f"),
-                                     _figure(r, "infer_reserved_mib", ".0f")]))
+            rows.append((r["step"], [r["config"], "infer (detectron2)", r["input"], r["batch"], r["amp"],
+                                     r["frozen_dtype"], "", _figure(r, "infer_images_per_s", ".2f"),
+                                     _figure(r, "infer_peak_mib", ".0f"), _figure(r, "infer_reserved_mib", ".0f")]))
         else:
             size = r["image_size"]
             rows.append((r["step"], [r["model"], r["mode"], f"{size}x{size}", r["batch"], r["amp"], r["frozen_dtype"],
@@ -605,6 +625,18 @@ def write_results(ctx: Context, steps: List[Step], *, total_s: float) -> Tuple[L
                   markdown_table(prefix_header + ["model", "mode", "input", "batch", "amp", "frozen ViT",
                                                   "ms/iter", "images/s", "peak MiB", "reserved MiB"],
                                  [prefix + [command_of(step)] + row for step, row in _model_rows(model_records)])]
+    compile_records = [r for r in records if r["kind"] == "compile"]
+    if compile_records:
+        lines += ["", "## torch.compile (`tools/benchmark_compile.py`: core, no detectron2)", "",
+                  "Median ms per inference batch, eager and compiled; first call = the compiling call.", "",
+                  markdown_table(prefix_header + ["model", "mode", "input", "batch", "amp", "backend", "first call s",
+                                                  "eager ms", "compiled ms", "speed-up", "max abs pred_masks diff"],
+                                 [prefix + [command_of(r["step"]), r["model"], r["mode"],
+                                            f"{r['image_size']}x{r['image_size']}", r["batch"], r["amp"], r["backend"],
+                                            f"{r['first_call_s']:.0f}", f"{r['eager_ms']:.1f}",
+                                            f"{r['compiled_ms']:.1f}", f"{r['speedup']:.2f}x",
+                                            "-" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.2e}"]
+                                  for r in compile_records])]
     if tests is not None:
         lines += ["", "## Tests", "", markdown_table(prefix_header + ["result"],
                                                     [prefix + [command_of("tests"), _format_tests(tests)]])]

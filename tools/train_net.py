@@ -7,9 +7,16 @@ The config provides (see ``configs/common/train.py`` for the ``train`` fields):
     dataloader.evaluator      instantiates to the evaluator of the test set
     optimizer                 its ``params.model`` is set to the model before instantiation
     lr_multiplier             an fvcore ParamScheduler (warmup + poly)
-    train                     output_dir, init_checkpoint, max_iter, device, amp, clip_grad,
-                              ddp, checkpointer, full_checkpoint, eval_period, log_period, seed,
-                              best_checkpoint, early_stopping, trainable, freeze, grad_accum_steps
+    train                     output_dir, init_checkpoint, init_partial, max_iter, device, amp,
+                              clip_grad, ddp, checkpointer, full_checkpoint, eval_period,
+                              log_period, seed, best_checkpoint, early_stopping, trainable,
+                              freeze, grad_accum_steps, compile (types and ranges checked at
+                              load time)
+
+``--resume`` continues from the checkpoint named in ``train.output_dir/last_checkpoint`` (the
+newest periodic or final one) exactly as an uninterrupted run would have; without a checkpoint
+there it says so and starts from ``train.init_checkpoint``, so a preemptible job can always pass
+``--resume``.
 
 Examples:
     python tools/train_net.py --config-file configs/synthetic/m2f_tiny_synthetic.py
@@ -35,19 +42,23 @@ from detectron2.engine import (
 )
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
+from detectron2.utils.events import CommonMetricPrinter
 from detectron2.utils.logger import setup_logger
 from omegaconf import DictConfig
 from torch import nn
 
-from dinov3_m2f.d2.checkpoint import TrainableCheckpointer, frozen_state_prefixes
+from dinov3_m2f.d2.checkpoint import TrainableCheckpointer
 from dinov3_m2f.d2.config import load_config
 from dinov3_m2f.d2.hooks import BestCheckpointer, EarlyStopping, SegEvalHook, SegPeriodicCheckpointer
-from dinov3_m2f.d2.solver import set_trainable
 from dinov3_m2f.d2.trainer import AMP_DTYPES, SegTrainer, resolve_device
+from dinov3_m2f.modeling.torch_compile import compile_parts
+from dinov3_m2f.training import frozen_state_prefixes, set_trainable
+from dinov3_m2f.utils import drop_metrics_from
 
 logger = logging.getLogger("detectron2")
 
 EVAL_RESULTS_FILE = "eval_results.json"
+METRICS_FILE = "metrics.json"  # detectron2's JSONWriter
 
 
 def do_test(cfg: DictConfig, model: nn.Module) -> Dict:
@@ -67,7 +78,8 @@ def do_test(cfg: DictConfig, model: nn.Module) -> Dict:
 
 
 def build_model(cfg: DictConfig) -> Tuple[nn.Module, torch.device]:
-    """Instantiate ``cfg.model`` on this process' device.
+    """Instantiate ``cfg.model`` on this process' device; with ``train.compile``, its backbone and
+    head are compiled in place (before any DDP wrapping; state-dict keys unchanged).
 
     Returns:
         The model and its device.
@@ -75,6 +87,7 @@ def build_model(cfg: DictConfig) -> Tuple[nn.Module, torch.device]:
     device = resolve_device(cfg.train.device)
     model = instantiate(cfg.model)
     model.to(device)
+    compile_parts(model, cfg.train.compile)
     logger.info("Model:\n%s", model)
     return model, device
 
@@ -90,9 +103,10 @@ def build_training_hooks(
 ) -> List[Optional[hooks.HookBase]]:
     """The hooks of a training run, in execution order.
 
-    Checkpoints are written before evaluating (a crash in evaluation keeps them); the best
-    checkpoint and early stopping come after the evaluation whose results they read. Hooks that
-    only the main process runs are None elsewhere (``register_hooks`` drops them).
+    The best checkpoint and early stopping come after the evaluation whose results they read;
+    the periodic checkpoint comes last, after the metrics of its iteration are written, so that
+    a run resumed from it continues exactly (best value, ``metrics.json``). Hooks that only the
+    main process runs are None elsewhere (``register_hooks`` drops them).
     """
     train = cfg.train
     if train.early_stopping is not None and train.best_checkpoint is None:
@@ -103,21 +117,44 @@ def build_training_hooks(
         best = BestCheckpointer(
             train.eval_period, checkpointer, train.best_checkpoint.metric, train.best_checkpoint.mode
         )
+    writers = default_writers(train.output_dir, train.max_iter) if main else []
+    # the files (metrics.json, TensorBoard) are flushed before each periodic checkpoint
+    files = [w for w in writers if not isinstance(w, CommonMetricPrinter)]
     return [
         hooks.IterationTimer(),
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-        SegPeriodicCheckpointer(checkpointer, **train.checkpointer) if main else None,
         SegEvalHook(train.eval_period, eval_function),
         best,
         EarlyStopping(best, eval_period=train.eval_period, **train.early_stopping)
         if train.early_stopping is not None
         else None,
-        hooks.PeriodicWriter(
-            default_writers(train.output_dir, train.max_iter), period=train.log_period
-        )
-        if main
-        else None,
+        hooks.PeriodicWriter(writers, period=train.log_period) if main else None,
+        SegPeriodicCheckpointer(checkpointer, **train.checkpointer, writers=files) if main else None,
     ]
+
+
+def load_start_state(args, cfg: DictConfig, checkpointer: TrainableCheckpointer) -> int:
+    """Load the checkpoint to resume from, else ``train.init_checkpoint`` (strictly unless
+    ``train.init_partial``); drop the ``metrics.json`` entries the run will write again.
+
+    Returns:
+        The first iteration to run.
+    """
+    resuming = args.resume and checkpointer.has_checkpoint()
+    if args.resume and not resuming:
+        init = cfg.train.init_checkpoint
+        logger.warning(
+            "--resume: no checkpoint in %s (no last_checkpoint file); starting from iteration 0 %s",
+            cfg.train.output_dir, f"with weights from {init}" if init else "from the model's initialisation",
+        )
+    # Resuming must restore every trainable weight; an init checkpoint too, unless asked otherwise.
+    checkpointer.strict = resuming or not cfg.train.init_partial
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+    # A checkpoint stores the iteration that just finished.
+    start_iter = checkpointer.checkpointables["trainer"].iter + 1 if resuming else 0
+    if comm.is_main_process():
+        drop_metrics_from(os.path.join(cfg.train.output_dir, METRICS_FILE), start_iter)
+    return start_iter
 
 
 def do_train(args, cfg: DictConfig) -> SegTrainer:
@@ -148,6 +185,7 @@ def do_train(args, cfg: DictConfig) -> SegTrainer:
         clip_grad_norm_type=cfg.train.clip_grad.norm_type,
         grad_accum_steps=cfg.train.grad_accum_steps,
         eval_modules=eval_modules,
+        seed=cfg.train.seed,
     )
     checkpointer = TrainableCheckpointer(
         model,
@@ -160,12 +198,9 @@ def do_train(args, cfg: DictConfig) -> SegTrainer:
         build_training_hooks(cfg, checkpointer, lambda: do_test(cfg, model))
     )
 
-    resuming = args.resume and checkpointer.has_checkpoint()
-    # Resuming must restore every trainable weight; an init checkpoint may be partial.
-    checkpointer.strict = resuming
-    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
-    # A checkpoint stores the iteration that just finished.
-    start_iter = trainer.iter + 1 if resuming else 0
+    start_iter = load_start_state(args, cfg, checkpointer)
+    # the data stream continues after the micro-batches of the iterations done
+    train_loader.dataset.start_batch = start_iter * cfg.train.grad_accum_steps
     trainer.train(start_iter, cfg.train.max_iter)
     return trainer
 

@@ -2,8 +2,14 @@
 # and override fields: `train = get_config("common/train.py").train`.
 train = dict(
     output_dir="./output",
-    # Trainable-only or full checkpoint to start from (or to evaluate with --eval-only).
+    # Trainable-only or full checkpoint to start from (or to evaluate with --eval-only). It must
+    # set every trainable weight, with no unknown key and no shape difference, or training stops
+    # before iteration 0 listing the keys.
     init_checkpoint="",
+    # True: load only the matching weights of init_checkpoint (another num_classes, backbone and
+    # adapter only, another project's head converted by tools/convert_weights.py) and log every
+    # key skipped; the rest keeps its initialisation. --resume and --eval-only are always strict.
+    init_partial=False,
     max_iter=160000,
     # "cuda", "cpu" or "auto" (CUDA when available).
     device="cuda",
@@ -32,6 +38,10 @@ train = dict(
     # Micro-batches (of dataloader.train.total_batch_size images) per optimizer step; one
     # iteration = one step, so the effective batch is grad_accum_steps x total_batch_size.
     grad_accum_steps=1,
+    # torch.compile of the model's backbone and head, for training and evaluation: False, True
+    # (Inductor), or torch.compile arguments, e.g. dict(dynamic=True) for evaluation at changing
+    # image sizes (each new size compiles again until torch makes the sizes dynamic).
+    compile=False,
     log_period=20,
     seed=42,
     cudnn_benchmark=False,

@@ -12,8 +12,7 @@ from ..common.train import train
 model.num_classes = "${dataloader.train.mapper.num_classes}"
 model.backbone.update(preset=None, init_seed=0, interaction_indexes=[0, 1, 2, 3],
                       vit_kwargs=dict(embed_dim=64, depth=4, num_heads=2, patch_size=16))
-model.backbone.adapter_kwargs = dict(conv_inplane=16, n_points=4, deform_num_heads=4,
-                                     drop_path_rate=0.0)
+model.backbone.adapter_kwargs.update(conv_inplane=16, deform_num_heads=4, drop_path_rate=0.0)
 model.sem_seg_head.input_shape.channels = "${...backbone.vit_kwargs.embed_dim}"
 model.sem_seg_head.update(hidden_dim=64, num_queries=16, nheads=4, enc_dim_feedforward=128,
                           dec_dim_feedforward=128, enc_layers=2, dec_layers=3)

@@ -18,9 +18,11 @@ import torch
 from .utils import atomic_open
 
 __all__ = [
+    "AMP_DTYPES",
     "DTYPES",
     "MemoryMeter",
     "MemoryPeak",
+    "autocast",
     "describe_machine",
     "markdown_table",
     "median_ms",
@@ -42,6 +44,8 @@ DTYPES: Dict[str, torch.dtype] = {
     "fp64": torch.float64,
     "float64": torch.float64,
 }
+# --amp choices of the tools: the autocast dtype, or None for no autocast.
+AMP_DTYPES: Dict[str, Optional[torch.dtype]] = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 MIB = 2**20
 KIB = 2**10
 _PROC_STATUS = "/proc/self/status"
@@ -80,6 +84,11 @@ def synchronize(device: torch.device) -> None:
     """Wait for the work queued on ``device`` (no-op on CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def autocast(device: torch.device, dtype: Optional[torch.dtype]) -> torch.autocast:
+    """``torch.autocast`` to ``dtype`` on ``device``'s type; a disabled one for None."""
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 def time_ms(fn: Callable[[], Any], *, device: torch.device, warmup: int, iters: int) -> List[float]:

@@ -1,18 +1,35 @@
-"""Small file helpers shared by the library and the command-line tools (no detectron2).
+"""File helpers shared by the library and the command-line tools (no detectron2): files written
+atomically (checkpoints never holding NaN or Inf, ``metrics.json`` trimmed for a resume), files
+read safely (never unpickling code; Mask2Former ``.pkl`` files through a numpy-only unpickler),
+and the description of checkpoint keys that did not load.
 
 torch is imported inside the functions that use it, so that ``atomic_open`` and the ``data``
 modules built on it also work where torch is not installed (the ONNX runner).
 """
 import contextlib
 import errno
+import json
+import logging
 import os
 import pickle
 import tempfile
-from typing import IO, Any, Callable, Iterator, Tuple
+from typing import IO, Any, Callable, Dict, Iterable, Iterator, List, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["atomic_open", "atomic_torch_save", "safe_numpy_pickle_load", "safe_torch_load"]
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "atomic_open",
+    "atomic_torch_save",
+    "describe_key_mismatch",
+    "drop_metrics_from",
+    "load_checkpoint_file",
+    "non_finite_tensors",
+    "safe_numpy_pickle_load",
+    "safe_torch_load",
+    "save_finite",
+]
 
 # What torch.load(weights_only=True) raises for a truncated, corrupt or foreign file, or for one
 # whose pickle asks for anything but tensors and plain containers (refused, never executed).
@@ -39,6 +56,12 @@ def _read_umask() -> int:
 # because reading it means setting it for an instant, which other threads would see.
 _NEW_FILE_MODE = 0o666 & ~_read_umask()
 
+
+# Extensions that may only be read with pickle (arbitrary code execution); refused.
+PICKLE_EXTENSIONS = (".pkl", ".pickle")
+SAFETENSORS_EXTENSION = ".safetensors"
+# How many tensors the error of save_finite names.
+_MAX_NAMED_TENSORS = 10
 
 # errno values meaning that the destination's file system has no room left for the write.
 _NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
@@ -218,3 +241,155 @@ def safe_numpy_pickle_load(path: str, *, what: str = "checkpoint") -> Any:
 
     check(loaded)
     return loaded
+
+
+def load_checkpoint_file(path: str) -> Dict[str, Any]:
+    """A checkpoint as ``{"model": state_dict, ...}``, never unpickling arbitrary objects.
+
+    ``.pkl`` / ``.pickle`` files are refused, ``.safetensors`` read with safetensors, anything
+    else with :func:`safe_torch_load`; a bare state dict is wrapped as ``{"model": ...}``.
+
+    Args:
+        path: the checkpoint file.
+
+    Raises:
+        ValueError: a pickle file, or a file that is unreadable or holds no dict; names ``path``.
+    """
+    if path.endswith(PICKLE_EXTENSIONS):
+        raise ValueError(
+            f"Refusing to load pickle checkpoint {path}: unpickling can execute arbitrary code. "
+            "Convert it to .pth (tensors only) or .safetensors."
+        )
+    if path.endswith(SAFETENSORS_EXTENSION):
+        from safetensors.torch import load_file
+
+        return {"model": load_file(path, device="cpu")}
+    loaded = safe_torch_load(path)
+    if not isinstance(loaded, dict):
+        raise ValueError(f"Checkpoint {path} does not hold a dict")
+    return loaded if "model" in loaded else {"model": loaded}
+
+
+def save_finite(obj: Any, path: str) -> None:
+    """:func:`atomic_torch_save`, refusing an object whose tensors hold NaN or Inf.
+
+    Args:
+        obj: e.g. a checkpoint ``{"model": state_dict, "trainer": {...}}``.
+        path: destination file.
+
+    Raises:
+        FloatingPointError: a floating-point tensor of ``obj`` holds NaN or Inf; names ``path``
+            and the tensors, and writes nothing.
+    """
+    non_finite = non_finite_tensors(obj)
+    if non_finite:
+        listed = ", ".join(non_finite[:_MAX_NAMED_TENSORS])
+        raise FloatingPointError(
+            f"Refusing to write {path}: {len(non_finite)} tensors hold NaN or Inf ({listed}); "
+            "the files written before are kept"
+        )
+    atomic_torch_save(obj, path)
+
+
+def non_finite_tensors(state: Any, prefix: str = "") -> List[str]:
+    """Dotted names of the floating-point tensors holding NaN or Inf in a nested dict / list.
+
+    Args:
+        state: e.g. a checkpoint: ``{"model": state_dict, "trainer": {"optimizer": ...}}``.
+        prefix: name of ``state`` itself.
+
+    Returns:
+        The names, e.g. ``["model.head.weight", "trainer.optimizer.state.3.exp_avg"]``.
+    """
+    import torch
+
+    if isinstance(state, torch.Tensor):
+        finite = not state.is_floating_point() or bool(torch.isfinite(state).all())
+        return [] if finite else [prefix]
+    if isinstance(state, dict):
+        items: Iterable = state.items()
+    elif isinstance(state, (list, tuple)):
+        items = enumerate(state)
+    else:
+        return []
+    names: List[str] = []
+    for key, value in items:
+        names += non_finite_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    return names
+
+
+def _group_keys(keys: Iterable[str]) -> str:
+    """State-dict keys as a complete, compact list: ``"head.{bias, weight}, query_feat"``."""
+    groups: Dict[str, List[str]] = {}
+    for key in sorted(keys):
+        module, _, leaf = key.rpartition(".")
+        groups.setdefault(module, []).append(leaf)
+    entries = []
+    for module, leaves in groups.items():
+        leaf = leaves[0] if len(leaves) == 1 else "{" + ", ".join(leaves) + "}"
+        entries.append(f"{module}.{leaf}" if module else leaf)
+    return ", ".join(entries)
+
+
+def describe_key_mismatch(
+    *,
+    missing: Sequence[str],
+    unexpected: Sequence[str],
+    wrong_shapes: Sequence[Tuple[str, Sequence[int], Sequence[int]]],
+) -> str:
+    """Every key of a state dict that did not load into a model, as one line.
+
+    Args:
+        missing: model keys the state dict lacks (wrong-shape keys among them are listed once).
+        unexpected: state-dict keys the model lacks.
+        wrong_shapes: (key, shape in the state dict, shape in the model).
+
+    Returns:
+        e.g. ``"wrong shape (file vs model): head.weight (8, 4) vs (3, 4); missing in the file:
+        adapter.{bias, weight}; unexpected in the file: other.weight"``; empty when everything
+        loaded.
+    """
+    shaped = {key for key, _, _ in wrong_shapes}
+    parts = []
+    if wrong_shapes:
+        shapes = ", ".join(f"{k} {tuple(a)} vs {tuple(b)}" for k, a, b in sorted(wrong_shapes))
+        parts.append(f"wrong shape (file vs model): {shapes}")
+    missing = [key for key in missing if key not in shaped]
+    if missing:
+        parts.append(f"missing in the file: {_group_keys(missing)}")
+    if unexpected:
+        parts.append(f"unexpected in the file: {_group_keys(unexpected)}")
+    return "; ".join(parts)
+
+
+def drop_metrics_from(path: str, iteration: int) -> int:
+    """Remove the entries of iteration ``iteration`` and later from a JSON-lines metrics file
+    (detectron2's ``metrics.json``), atomically; a line cut short by a crash goes too.
+
+    A run restarting at ``iteration`` writes those entries again: detectron2's writer appends.
+
+    Args:
+        path: the file; nothing happens when it does not exist.
+        iteration: the first iteration to drop.
+
+    Returns:
+        The number of lines removed.
+    """
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        lines = f.read().splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # a partial line written when the process was killed
+        if isinstance(entry, dict) and entry.get("iteration", -1) < iteration:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    removed = len(lines) - len(kept)
+    if removed:
+        with atomic_open(path, "w", suffix=".json") as f:
+            f.writelines(kept)
+        logger.info("Removed %d entries of iteration %d and later from %s", removed, iteration, path)
+    return removed

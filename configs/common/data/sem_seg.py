@@ -1,19 +1,24 @@
 """Semantic segmentation data, the base of every dataset config: detectron2's loaders over
 registered datasets, the Mask2Former training augmentations (crop 512), evaluation that skips
 unreadable files. A dataset config sets the names, ``num_classes``, the crop and the label map
-(``augmentations[0]`` is the resize, ``augmentations[1]`` the crop)."""
+(``augmentations[0]`` is the resize, ``augmentations[1]`` the crop).
+
+The training loader scans the whole training set before iteration 0 (results cached in
+``scan_cache``), and its data order and augmentations are functions of ``train.seed`` and the
+sample position, so that ``--resume`` continues exactly."""
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
-from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data import get_detection_dataset_dicts
 from omegaconf import OmegaConf
 
 from dinov3_m2f.d2.evaluation import SkippingSemSegEvaluator, build_sem_seg_test_loader
 from dinov3_m2f.d2.mapper import SemSegDatasetMapper
+from dinov3_m2f.d2.train_loader import build_sem_seg_train_loader
 from dinov3_m2f.d2.transforms import scaled_lengths
 
 dataloader = OmegaConf.create()
 
-dataloader.train = L(build_detection_train_loader)(
+dataloader.train = L(build_sem_seg_train_loader)(
     dataset=L(get_detection_dataset_dicts)(names="???"),
     mapper=L(SemSegDatasetMapper)(
         is_train=True,
@@ -46,9 +51,15 @@ dataloader.train = L(build_detection_train_loader)(
         num_classes="???",
         # the dataset's raw mask value -> class id, when its files do not store class ids
         label_map=None,
+        # samples that may fail to read during training (each retried once, then skipped with a
+        # warning) before training stops listing them; counted per process / loading worker
+        max_bad_samples=10,
     ),
     total_batch_size=16,
     num_workers=4,
+    seed="${train.seed}",
+    # results of the scan before iteration 0 (a restart re-reads only files that changed)
+    scan_cache="${train.output_dir}/train_scan_cache.json",
 )
 
 dataloader.test = L(build_sem_seg_test_loader)(

@@ -9,6 +9,10 @@ backbone = L(D2DINOv3Backbone)(
     # Local DINOv3 weights file (.pth / .safetensors / HF folder); None = random init.
     weights=None,
     init_seed=None,
+    # dtype of the frozen ViT's weights: "float32", "bfloat16" or "float16". bf16 halves their
+    # memory (ViT-L 1157 -> 579 MiB, 7B 25.0 -> 12.5 GiB); a ViT with bf16 weights runs under its
+    # own bf16 autocast, which gives the features of float32 weights under bf16 autocast.
+    vit_dtype="float32",
     # "auto": SyncBN when several processes train, else BN.
     norm="auto",
     adapter_kwargs=dict(
@@ -18,5 +22,8 @@ backbone = L(D2DINOv3Backbone)(
         drop_path_rate=0.3,
         cffn_ratio=0.25,
         deform_ratio=0.5,
+        # Activation checkpointing of the extractors in training: less activation memory (about
+        # 20% of a step's peak at ViT-S, docs/benchmarks.md) for a second forward of them.
+        with_cp=False,
     ),
 )

@@ -12,6 +12,8 @@ model.backbone = L(D2DINOv3ViTBackbone)(
     preset="vitl16",
     weights=None,
     init_seed=None,
+    # dtype of the frozen ViT's weights (see dinov3_adapter_backbone.py).
+    vit_dtype="float32",
     # Official linear heads read the last block (1) or the last four (4).
     num_layers=1,
 )

@@ -1,7 +1,6 @@
 """Detectron2 Backbones on a frozen DINOv3 ViT: with the ViT-Adapter (res2..res5 pyramid) and
 without it (the last blocks' patch grids at stride 16, for linear probing)."""
 import functools
-import logging
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
@@ -11,9 +10,7 @@ from detectron2.utils import comm
 from torch import nn
 
 from dinov3_m2f.modeling.adapter import OUT_STRIDES, SIZE_DIVISIBILITY, DINOv3Adapter
-from dinov3_m2f.modeling.dinov3 import build_dinov3, get_interaction_indexes, load_dinov3_weights
-
-logger = logging.getLogger(__name__)
+from dinov3_m2f.modeling.dinov3 import build_frozen_dinov3, get_interaction_indexes
 
 __all__ = [
     "D2DINOv3Backbone",
@@ -52,32 +49,6 @@ def total_channels(shapes: Mapping[str, ShapeSpec]) -> int:
     return sum(feature_channels(shapes))
 
 
-def build_frozen_vit(
-    *,
-    preset: Optional[str],
-    weights: Optional[str],
-    init_seed: Optional[int],
-    vit_kwargs: Optional[Dict[str, Any]],
-) -> nn.Module:
-    """The frozen DINOv3 ViT from a weights file, a seeded random init or a plain random init
-    (arguments: see :class:`D2DINOv3Backbone`)."""
-    vit_kwargs = dict(vit_kwargs or {})
-    if weights:
-        vit = build_dinov3(preset, **vit_kwargs)
-        load_dinov3_weights(vit, weights)
-        logger.info("Loaded DINOv3 weights from %s", weights)
-        return vit
-    if init_seed is not None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(init_seed)
-            return build_dinov3(preset, **vit_kwargs)
-    logger.warning(
-        "DINOv3 backbone has random weights and no init_seed: trainable-only checkpoints "
-        "of this model cannot be reproduced (set init_seed, weights or full checkpoints)"
-    )
-    return build_dinov3(preset, **vit_kwargs)
-
-
 class _PaddedBackbone(Backbone):
     """A Backbone whose only padding constraint is ``size_divisibility`` (no square padding)."""
 
@@ -100,6 +71,7 @@ class D2DINOv3Backbone(_PaddedBackbone):
         weights: Optional[str] = None,
         init_seed: Optional[int] = None,
         vit_kwargs: Optional[Dict[str, Any]] = None,
+        vit_dtype: str = "float32",
         interaction_indexes: Optional[Sequence[int]] = None,
         norm: str = AUTO_NORM,
         adapter_kwargs: Optional[Dict[str, Any]] = None,
@@ -113,6 +85,9 @@ class D2DINOv3Backbone(_PaddedBackbone):
             init_seed: seed of the random ViT init when ``weights`` is None, so that a run can be
                 reproduced from a trainable-only checkpoint. Ignored when ``weights`` is given.
             vit_kwargs: overrides passed to ``build_dinov3`` (e.g. ``embed_dim``, ``depth``).
+            vit_dtype: dtype the frozen ViT's weights are stored in: "float32", "bfloat16" or
+                "float16" (see ``build_frozen_dinov3``; a reduced dtype runs the ViT under its own
+                autocast to that dtype). The adapter stays float32.
             interaction_indexes: ViT blocks read by the adapter; default: the preset's.
             norm: adapter normalization: a name detectron2's ``get_norm`` accepts ("BN",
                 "SyncBN", "naiveSyncBN", "GN", ...) or ``"auto"``: synchronized BN when several
@@ -129,8 +104,8 @@ class D2DINOv3Backbone(_PaddedBackbone):
             norm = "SyncBN" if torch.cuda.is_available() else "naiveSyncBN"
         elif norm == AUTO_NORM:
             norm = "BN"
-        vit = build_frozen_vit(preset=preset, weights=weights, init_seed=init_seed,
-                               vit_kwargs=vit_kwargs)
+        vit = build_frozen_dinov3(preset, weights=weights, init_seed=init_seed, dtype=vit_dtype,
+                                  **dict(vit_kwargs or {}))
         self.adapter = DINOv3Adapter(vit, interaction_indexes=list(interaction_indexes),
                                      norm=functools.partial(get_norm, norm),
                                      **dict(adapter_kwargs or {}))
@@ -166,16 +141,18 @@ class D2DINOv3ViTBackbone(_PaddedBackbone):
         weights: Optional[str] = None,
         init_seed: Optional[int] = None,
         vit_kwargs: Optional[Dict[str, Any]] = None,
+        vit_dtype: str = "float32",
         num_layers: int = 1,
     ):
         """
         Args:
-            preset, weights, init_seed, vit_kwargs: the ViT, as for :class:`D2DINOv3Backbone`.
+            preset, weights, init_seed, vit_kwargs, vit_dtype: the ViT, as for
+                :class:`D2DINOv3Backbone`.
             num_layers: number of last blocks returned (official linear heads: 1 or 4).
         """
         super().__init__()
-        self.vit = build_frozen_vit(preset=preset, weights=weights, init_seed=init_seed,
-                                    vit_kwargs=vit_kwargs)
+        self.vit = build_frozen_dinov3(preset, weights=weights, init_seed=init_seed, dtype=vit_dtype,
+                                       **dict(vit_kwargs or {}))
         if self.vit.patch_size != VIT_STRIDE:
             raise ValueError(f"vit_kwargs: patch_size must be {VIT_STRIDE}, got {self.vit.patch_size}")
         if not 1 <= num_layers <= self.vit.n_blocks:

@@ -1,4 +1,5 @@
-"""Checkpointing that leaves the frozen backbone out and never unpickles arbitrary objects.
+"""Checkpointing that leaves the frozen backbone out, never writes NaN or Inf, loads strictly by
+default and never unpickles arbitrary objects.
 
 A frozen DINOv3 ViT (up to 7B parameters) is rebuilt from its own weights file or seeded random
 init, so by default checkpoints hold only the trainable modules and the trainer state
@@ -9,40 +10,24 @@ model built from the same config.
 """
 import logging
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
-from dinov3_m2f.data.files import MAX_LISTED
-from dinov3_m2f.utils import atomic_open, atomic_torch_save, safe_torch_load
+from dinov3_m2f.training import frozen_state_prefixes
+from dinov3_m2f.utils import atomic_open, describe_key_mismatch, load_checkpoint_file, save_finite
 
 logger = logging.getLogger(__name__)
-
-# Extensions that may only be read with pickle (arbitrary code execution); refused.
-PICKLE_EXTENSIONS = (".pkl", ".pickle")
-SAFETENSORS_EXTENSION = ".safetensors"
-
-
-def frozen_state_prefixes(model: nn.Module) -> List[str]:
-    """Sorted prefixes (with trailing dot) of the largest submodules of ``model`` whose
-    parameters are all frozen, e.g. ``["backbone.adapter.backbone."]`` for the DINOv3 ViT."""
-    prefixes: List[str] = []
-    for name, module in model.named_modules():
-        if not name or any(name.startswith(p) for p in prefixes):
-            continue
-        params = list(module.parameters())
-        if params and not any(p.requires_grad for p in params):
-            prefixes.append(name + ".")
-    return sorted(prefixes)
 
 
 class TrainableCheckpointer(DetectionCheckpointer):
     """A :class:`DetectionCheckpointer` for models with a frozen backbone: ``save`` stores only
     the trainable state unless ``full=True`` (the file records ``"checkpoint_kind"``); files and
-    ``last_checkpoint`` are written atomically; ``.pkl`` files are refused, ``.safetensors`` read
-    with safetensors, the rest with ``torch.load(weights_only=True)``; frozen keys missing from
-    a trainable-only checkpoint are expected, missing trainable keys are reported.
+    ``last_checkpoint`` are written atomically, and a state holding NaN or Inf is never written;
+    ``.pkl`` files are refused, ``.safetensors`` read with safetensors, the rest with
+    ``torch.load(weights_only=True)``; frozen keys missing from a trainable-only checkpoint are
+    expected, any other key mismatch raises (``strict``) or is logged key by key.
     """
 
     def __init__(
@@ -51,7 +36,7 @@ class TrainableCheckpointer(DetectionCheckpointer):
         save_dir: str = "",
         *,
         full: bool = False,
-        strict: bool = False,
+        strict: bool = True,
         exclude_prefixes: Optional[Sequence[str]] = None,
         **kwargs,
     ):
@@ -61,8 +46,8 @@ class TrainableCheckpointer(DetectionCheckpointer):
             save_dir: folder for checkpoints.
             full: store the frozen backbone too.
             strict: raise when a loaded checkpoint lacks trainable keys, has unknown keys or
-                shapes that differ (set it when resuming or evaluating; leave it off to
-                initialize from a partial checkpoint).
+                shapes that differ; False loads what matches and logs every key it skipped
+                (a partial initialisation, ``train.init_partial``).
             exclude_prefixes: state-dict prefixes (with trailing dot) left out of trainable-only
                 checkpoints; None = :func:`frozen_state_prefixes` of the model at save/load
                 time. Pass the value computed before freezing anything by config, so that
@@ -80,8 +65,17 @@ class TrainableCheckpointer(DetectionCheckpointer):
             return tuple(frozen_state_prefixes(self.model))
         return tuple(self.exclude_prefixes)
 
-    def save(self, name: str, **kwargs: Any) -> None:
-        """Save ``{save_dir}/{name}.pth`` atomically, with extra data ``kwargs`` (``iteration``)."""
+    def save(self, name: str, *, tag_last: bool = True, **kwargs: Any) -> None:
+        """Save ``{save_dir}/{name}.pth`` atomically, with extra data ``kwargs`` (``iteration``).
+
+        Args:
+            name: file name without ``.pth``.
+            tag_last: record the file in ``last_checkpoint``, the file ``--resume`` continues
+                from (False for the best checkpoint, which is not the newest state).
+
+        Raises:
+            FloatingPointError: the model or trainer state holds NaN or Inf; nothing is written.
+        """
         if not self.save_dir or not self.save_to_disk:
             return
         state = self.model.state_dict()
@@ -98,8 +92,9 @@ class TrainableCheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
         logger.info("Saving %s checkpoint to %s", data["checkpoint_kind"], save_file)
-        atomic_torch_save(data, save_file)
-        self.tag_last_checkpoint(basename)
+        save_finite(data, save_file)
+        if tag_last:
+            self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         """Atomically record ``last_filename_basename`` as the newest checkpoint."""
@@ -107,27 +102,12 @@ class TrainableCheckpointer(DetectionCheckpointer):
             f.write(last_filename_basename)
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
-        if filename.endswith(PICKLE_EXTENSIONS):
-            raise ValueError(
-                f"Refusing to load pickle checkpoint {filename}: unpickling can execute arbitrary "
-                "code. Convert it to .pth (tensors only) or .safetensors."
-            )
-        if filename.endswith(SAFETENSORS_EXTENSION):
-            from safetensors.torch import load_file
-
-            loaded: Dict[str, Any] = {"model": load_file(filename, device="cpu")}
-        else:
-            loaded = safe_torch_load(filename)
-            if not isinstance(loaded, dict):
-                raise ValueError(f"Checkpoint {filename} does not hold a dict")
-            if "model" not in loaded:
-                loaded = {"model": loaded}
         if self._parsed_url_during_load.query:
             raise ValueError(
                 f"Checkpoint {filename}: URL queries are not supported "
                 f"(got '?{self._parsed_url_during_load.query}')"
             )
-        return loaded
+        return load_checkpoint_file(filename)
 
     def _load_model(self, checkpoint: Dict[str, Any]):
         incompatible = super()._load_model(checkpoint)
@@ -138,9 +118,23 @@ class TrainableCheckpointer(DetectionCheckpointer):
             ]
         if self.strict and any(incompatible):
             raise RuntimeError(
-                "Checkpoint does not match the model: "
-                f"missing={incompatible.missing_keys[:MAX_LISTED]}, "
-                f"unexpected={incompatible.unexpected_keys[:MAX_LISTED]}, "
-                f"wrong shapes={incompatible.incorrect_shapes[:MAX_LISTED]}"
+                f"Checkpoint {self._parsed_url_during_load.path} does not match the model: "
+                f"{self._mismatch(incompatible)}. To initialise training from the matching "
+                "weights only, set train.init_partial=True"
             )
         return incompatible
+
+    @staticmethod
+    def _mismatch(incompatible) -> str:
+        return describe_key_mismatch(missing=incompatible.missing_keys,
+                                     unexpected=incompatible.unexpected_keys,
+                                     wrong_shapes=incompatible.incorrect_shapes)
+
+    def _log_incompatible_keys(self, incompatible) -> None:
+        """Log every key a partial load skipped, in one warning."""
+        if any(incompatible):
+            logger.warning(
+                "Partial load of %s, skipped: %s (the model's own initialisation is kept for "
+                "the missing and wrong-shape keys)", self._parsed_url_during_load.path,
+                self._mismatch(incompatible),
+            )

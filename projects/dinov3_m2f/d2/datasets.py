@@ -18,7 +18,7 @@ import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.builtin_meta import ADE20K_SEM_SEG_CATEGORIES, CITYSCAPES_CATEGORIES
 
-from dinov3_m2f.data.files import MAX_LISTED, datasets_root, duplicate_message, pair_image_mask_files
+from dinov3_m2f.data.files import datasets_root, load_split_dicts
 from dinov3_m2f.data.io import IGNORE_VALUE, shifted_label_map
 from dinov3_m2f.data.synthetic import (
     CACHE_DIR_NAME,
@@ -54,47 +54,6 @@ def _generated_colors(num_classes: int) -> List[Tuple[int, int, int]]:
     return [tuple(int(c) for c in rgb) for rgb in rng.integers(0, 256, size=(num_classes, 3))]
 
 
-def _listing(paths: Sequence[str]) -> str:
-    shown = ", ".join(paths[:MAX_LISTED])
-    return shown + (f", ... ({len(paths)} files)" if len(paths) > MAX_LISTED else "")
-
-
-def _load_splits(
-    splits: Sequence[Tuple[str, Optional[str]]],
-    *,
-    layout: str,
-    prepare: Optional[Callable[[], object]] = None,
-) -> List[Dict]:
-    """After ``prepare()``, the dataset dicts (``file_name``, ``sem_seg_file_name``) of images and
-    masks paired by relative path minus suffix (:func:`~dinov3_m2f.data.files.pair_image_mask_files`)
-    in each (image dir, mask dir or None) split. Any gap raises an error quoting ``layout``: no
-    images, an image without mask, a mask without image, two files with the same name."""
-    if prepare is not None:
-        prepare()
-    dicts = []
-    for image_dir, mask_dir in splits:
-        pairing = pair_image_mask_files(image_dir, mask_dir, layout=layout)
-        if pairing.duplicates:
-            raise ValueError(duplicate_message(*pairing.duplicates[0]))
-        if not pairing.images:
-            raise FileNotFoundError(f"no images found in {image_dir}; expected layout: {layout}")
-        without_mask = [pairing.images[k] for k in pairing.images_without_mask]
-        if without_mask:
-            raise ValueError(
-                f"{len(without_mask)} images have no mask (*.png with the same name) in "
-                f"{mask_dir}: {_listing(without_mask)}; expected layout: {layout}"
-            )
-        without_image = [pairing.masks[k] for k in pairing.masks_without_image]
-        if without_image:
-            raise ValueError(
-                f"{len(without_image)} masks have no image in {image_dir}: "
-                f"{_listing(without_image)}; expected layout: {layout}"
-            )
-        dicts.extend(pairing.dataset_dicts())
-    logger.info("Loaded %d images from %s", len(dicts), ", ".join(d for d, _ in splits))
-    return dicts
-
-
 def _register(
     name: str,
     splits: Sequence[Tuple[str, Optional[str]]],
@@ -106,7 +65,8 @@ def _register(
     label_map: Optional[Dict[int, int]] = None,
     prepare: Optional[Callable[[], object]] = None,
 ) -> None:
-    """Register ``name`` with a picklable lazy loader of (image dir, mask dir) ``splits``. Again
+    """Register ``name`` with a picklable lazy loader of (image dir, mask dir) ``splits``
+    (:func:`~dinov3_m2f.data.files.load_split_dicts`). Again
     with the same metadata it is a no-op; with other metadata, detectron2's ``Metadata.set``
     refuses the change (re-raised as a ValueError)."""
     splits = [(os.path.abspath(i), m if m is None else os.path.abspath(m)) for i, m in splits]
@@ -121,7 +81,7 @@ def _register(
         **({"label_map": dict(label_map)} if label_map is not None else {}),
     )
     if name not in DatasetCatalog.list():
-        load = functools.partial(_load_splits, splits, layout=layout, prepare=prepare)
+        load = functools.partial(load_split_dicts, splits, layout=layout, prepare=prepare)
         DatasetCatalog.register(name, load)
     try:
         MetadataCatalog.get(name).set(**metadata)

@@ -15,9 +15,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_tes
 from detectron2.evaluation import SemSegEvaluator
 
 from dinov3_m2f.data.files import MAX_LISTED
-from dinov3_m2f.data.io import read_label_mask
-
-from .mapper import UnreadableImageError
+from dinov3_m2f.data.image import UnreadableImageError
+from dinov3_m2f.data.io import read_mask_for_image
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +67,8 @@ class UnreadableGroundTruthError(ValueError):
 
 class SemSegGroundTruthLoader:
     """``SemSegEvaluator(sem_seg_loading_fn=...)`` that reads a registered dataset's masks as
-    training does (its ``label_map``, e.g. LoveDA's 1..7 as 0..6 and 0 as 255, and checks).
+    training does: lined up with their image as displayed (EXIF policy), through its
+    ``label_map`` (e.g. LoveDA's 1..7 as 0..6 and 0 as 255), with the same checks.
 
     Args:
         dataset_name: registered dataset name.
@@ -81,6 +81,8 @@ class SemSegGroundTruthLoader:
         self.label_map = metadata.get("label_map")
         self.num_classes = len(metadata.stuff_classes)
         self.ignore_label = metadata.ignore_label
+        self.image_of_mask = {d["sem_seg_file_name"]: d["file_name"]
+                              for d in DatasetCatalog.get(dataset_name) if "sem_seg_file_name" in d}
 
     def __call__(self, filename: str, dtype=int) -> np.ndarray:
         """Returns the mask [H, W] with class ids and ``ignore_label``, as ``dtype``.
@@ -90,8 +92,10 @@ class SemSegGroundTruthLoader:
             ValueError: the mask decodes but is wrong (channels, label values).
         """
         try:
-            labels = read_label_mask(filename, label_map=self.label_map,
-                                     num_classes=self.num_classes, ignore_value=self.ignore_label)
+            labels = read_mask_for_image(
+                filename, image_path=self.image_of_mask[filename], label_map=self.label_map,
+                num_classes=self.num_classes, ignore_value=self.ignore_label,
+            )
         except (OSError, ValueError) as e:
             # the reader names the file and re-raises decoding failures as ValueError
             if isinstance(e, OSError) or isinstance(e.__cause__, OSError):

@@ -1,14 +1,18 @@
-"""Training hooks on top of detectron2's: a final checkpoint and no repeated evaluation after an
-early stop, a best checkpoint that survives ``--resume``, and early stopping.
+"""Training hooks on top of detectron2's: checkpoints a resumed run continues from exactly, a
+final checkpoint and no repeated evaluation after an early stop, a best checkpoint that survives
+``--resume`` (and is never resumed from), and early stopping.
 
 They expect :class:`~dinov3_m2f.d2.trainer.SegTrainer` (its stop request). Register them in
-this order after the LR scheduler: ``SegPeriodicCheckpointer`` (main process), ``SegEvalHook``,
-``BestCheckpointer`` (main process), ``EarlyStopping`` (every process).
+this order after the LR scheduler: ``SegEvalHook``, ``BestCheckpointer`` (main process),
+``EarlyStopping`` (every process), the ``PeriodicWriter`` (main process), then
+``SegPeriodicCheckpointer`` (main process): a checkpoint then holds the best value of its
+iteration's evaluation, and ``metrics.json`` every entry up to it.
 """
 import logging
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 from detectron2.engine import HookBase, hooks
+from detectron2.utils.events import EventWriter
 from detectron2.utils import comm
 
 logger = logging.getLogger(__name__)
@@ -23,7 +27,24 @@ def _evaluates_after_step(trainer, eval_period: int) -> bool:
 
 
 class SegPeriodicCheckpointer(hooks.PeriodicCheckpointer):
-    """detectron2's ``PeriodicCheckpointer`` that also writes ``model_final`` after an early stop."""
+    """detectron2's ``PeriodicCheckpointer`` that flushes ``writers`` (e.g. the ``metrics.json``
+    writer) before each periodic checkpoint, so that a run resumed from it neither misses nor
+    repeats an entry, and also writes ``model_final`` after an early stop."""
+
+    def __init__(self, *args, writers: Sequence[EventWriter] = (), **kwargs):
+        """
+        Args:
+            args, kwargs: as for detectron2's ``PeriodicCheckpointer``.
+            writers: event writers to flush before each periodic checkpoint.
+        """
+        super().__init__(*args, **kwargs)
+        self._writers = list(writers)
+
+    def after_step(self) -> None:
+        if (self.trainer.iter + 1) % self.period == 0:
+            for writer in self._writers:
+                writer.write()
+        super().after_step()
 
     def after_train(self) -> None:
         if self.trainer.stopped_early:
@@ -44,7 +65,9 @@ class SegEvalHook(hooks.EvalHook):
 
 class BestCheckpointer(hooks.BestCheckpointer):
     """detectron2's ``BestCheckpointer`` whose best value is part of the trainer state, so it
-    survives ``--resume``; register it on the main process, which holds the evaluation results.
+    survives ``--resume``, and whose file is not recorded in ``last_checkpoint`` (``--resume``
+    continues from the newest periodic or final checkpoint); register it on the main process,
+    which holds the evaluation results.
 
     Unlike detectron2's, it updates the best value before writing the file (so the file's trainer
     state holds it) and raises when the evaluation lacks the metric. The file's ``iteration`` is
@@ -66,7 +89,7 @@ class BestCheckpointer(hooks.BestCheckpointer):
                 self._val_metric, value, iteration, previous, previous_iter,
             )
         elif self._update_best(value, iteration):  # False for NaN / inf
-            self._checkpointer.save(self._file_prefix, iteration=iteration)
+            self._checkpointer.save(self._file_prefix, tag_last=False, iteration=iteration)
             logger.info(
                 "New best %s=%.5f at iteration %d (previous: %s); saved %s.pth",
                 self._val_metric, value, iteration, previous, self._file_prefix,

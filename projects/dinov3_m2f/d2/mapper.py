@@ -1,5 +1,6 @@
 """Dataset mapper for semantic segmentation: file names -> augmented tensors."""
 import copy
+import functools
 import logging
 from typing import Dict, Mapping, Optional, Sequence, Union
 
@@ -8,43 +9,15 @@ import torch
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-from dinov3_m2f.data.image import UnreadableImageError as CoreUnreadableImageError
+from dinov3_m2f.data.bad_samples import BadSampleSkipper
 from dinov3_m2f.data.image import read_image
-from dinov3_m2f.data.io import check_same_size, read_label_mask
+from dinov3_m2f.data.io import read_image_and_mask
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SemSegDatasetMapper", "UnreadableImageError", "read_image_or_raise"]
+__all__ = ["SemSegDatasetMapper"]
 
 _UINT8_MAX = 255
-
-
-class UnreadableImageError(ValueError):
-    """An image file (attribute ``path``) is missing or cannot be decoded."""
-
-    def __init__(self, message: str, *, path: str):
-        super().__init__(message)
-        self.path = path
-
-
-def read_image_or_raise(path: str, *, image_format: str) -> np.ndarray:
-    """:func:`dinov3_m2f.data.image.read_image`, raising this module's error type.
-
-    Args:
-        path: image file.
-        image_format: channel order, "RGB" or "BGR".
-
-    Returns:
-        The decoded image [H, W, C].
-
-    Raises:
-        UnreadableImageError: the file does not exist or does not decode (truncated, not an
-            image); the message names the file.
-    """
-    try:
-        return read_image(path, image_format=image_format)
-    except CoreUnreadableImageError as e:
-        raise UnreadableImageError(str(e), path=path) from e
 
 
 class SemSegDatasetMapper:
@@ -56,11 +29,15 @@ class SemSegDatasetMapper:
     batch to one size.
     Inference output: the same without ``sem_seg`` (the evaluator reads the ground truth itself).
 
-    Masks go through :func:`dinov3_m2f.data.io.read_label_mask`, so an unreadable or multi-channel
-    mask, a mask whose size differs from its image, or values outside ``0..num_classes-1`` other
-    than ``ignore_label`` raise an error naming the file. A missing or corrupt image raises
-    :class:`UnreadableImageError` naming the file, in training and inference alike; the test
-    loader of :mod:`dinov3_m2f.d2.evaluation` turns that error into a skipped image.
+    Files are read as everywhere else in the project: images with
+    :func:`dinov3_m2f.data.image.read_image` and, in training, masks lined up with them by
+    :func:`dinov3_m2f.data.io.read_image_and_mask` (EXIF policy, channels, size, label values;
+    errors name the file). In training a sample that fails to read is retried once, then skipped
+    with a warning (``None`` is returned: the training stream takes another sample); one skip
+    more than ``max_bad_samples`` (counted per process / data-loading worker) raises
+    :class:`~dinov3_m2f.data.bad_samples.TooManyBadSamplesError` listing them. In inference a
+    missing or corrupt image raises :class:`~dinov3_m2f.data.image.UnreadableImageError`; the
+    test loader of :mod:`dinov3_m2f.d2.evaluation` turns it into a skipped image.
     """
 
     def __init__(
@@ -72,16 +49,18 @@ class SemSegDatasetMapper:
         ignore_label: int = 255,
         num_classes: Optional[int] = None,
         label_map: Optional[Mapping[int, int]] = None,
+        max_bad_samples: int = 0,
     ):
         """
         Args:
             is_train: training (reads and augments masks) or inference (images only).
             augmentations: detectron2 augmentations applied to image and mask together.
-            image_format: image channel order given to ``detection_utils.read_image``.
+            image_format: image channel order, "RGB" or "BGR".
             ignore_label: mask value of ignored pixels.
             num_classes: when given, mask values are checked against ``0..num_classes-1``.
             label_map: raw mask value -> class id, for datasets whose files store other values
                 (the dataset's ``label_map`` metadata, e.g. LoveDA).
+            max_bad_samples: training samples that may be skipped for failing to read twice.
         """
         self.is_train = is_train
         self.augmentations = T.AugmentationList(list(augmentations))
@@ -89,6 +68,7 @@ class SemSegDatasetMapper:
         self.ignore_label = int(ignore_label)
         self.num_classes = num_classes
         self.label_map = None if label_map is None else {int(k): int(v) for k, v in label_map.items()}
+        self.skip_bad_samples = BadSampleSkipper(max_bad_samples=max_bad_samples)
         # Checked masks (num_classes given) whose classes and ignore label fit in uint8 need no
         # per-image range test before taking the uint8 resize path.
         self._uint8_masks = (num_classes is not None and num_classes <= _UINT8_MAX + 1
@@ -96,32 +76,36 @@ class SemSegDatasetMapper:
         mode = "training" if is_train else "inference"
         logger.info("[SemSegDatasetMapper] augmentations in %s: %s", mode, self.augmentations)
 
-    def _read_mask(self, dataset_dict: Dict, image: np.ndarray) -> np.ndarray:
-        mask_path = dataset_dict.pop("sem_seg_file_name", None)
-        if mask_path is None:
-            raise ValueError(
-                f"dataset dict of {dataset_dict['file_name']} has no 'sem_seg_file_name'; "
-                "training needs a mask for every image"
-            )
-        labels = read_label_mask(mask_path, label_map=self.label_map, num_classes=self.num_classes,
-                                 ignore_value=self.ignore_label)
-        check_same_size(image.shape, labels.shape, image_path=dataset_dict["file_name"],
-                        mask_path=mask_path)
-        # PIL resizes uint8 masks exactly (nearest); wider labels go through a float64 path.
+    def _resizable(self, labels: np.ndarray) -> np.ndarray:
+        """PIL resizes uint8 masks exactly (nearest); wider labels go through a float64 path."""
         if self._uint8_masks or (labels.max() <= _UINT8_MAX and labels.min() >= 0):
             return labels.astype(np.uint8)
         return labels.astype(np.float64)
 
-    def __call__(self, dataset_dict: Dict) -> Dict:
-        """A new dict (see the class docstring) for one record of a registered dataset."""
+    def __call__(self, dataset_dict: Dict) -> Optional[Dict]:
+        """A new dict (see the class docstring) for one record of a registered dataset; ``None``
+        for a training sample skipped because it failed to read twice."""
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = read_image_or_raise(dataset_dict["file_name"], image_format=self.image_format)
-        utils.check_image_size(dataset_dict, image)  # sets height/width when missing
-        if self.is_train:
-            sem_seg = self._read_mask(dataset_dict, image)
+        file_name = dataset_dict["file_name"]
+        mask_path = dataset_dict.pop("sem_seg_file_name", None)
+        if not self.is_train:
+            image, sem_seg = read_image(file_name, image_format=self.image_format), None
+        elif mask_path is None:
+            raise ValueError(
+                f"dataset dict of {file_name} has no 'sem_seg_file_name'; training needs a mask "
+                "for every image"
+            )
         else:
-            dataset_dict.pop("sem_seg_file_name", None)
-            sem_seg = None
+            read = functools.partial(
+                read_image_and_mask, file_name, mask_path, label_map=self.label_map,
+                num_classes=self.num_classes, ignore_value=self.ignore_label,
+                image_format=self.image_format,
+            )
+            sample = self.skip_bad_samples(read, path=file_name)
+            if sample is None:
+                return None
+            image, sem_seg = sample[0], self._resizable(sample[1])
+        utils.check_image_size(dataset_dict, image)  # sets height/width when missing
 
         aug_input = T.AugInput(image, sem_seg=sem_seg)
         self.augmentations(aug_input)

@@ -11,7 +11,8 @@ from detectron2.structures import ImageList
 from torch import nn
 
 from dinov3_m2f.modeling.dinov3 import get_normalization
-from dinov3_m2f.modeling.semantic_inference import semantic_probs, slide_inference, tta_inference
+from dinov3_m2f.modeling.semantic_inference import (check_slide_batch, semantic_probs, slide_inference,
+                                                    tta_inference)
 from dinov3_m2f.modeling.targets import prepare_targets
 
 __all__ = ["DINOv3Mask2Former", "DINOv3PixelSegmentor", "DINOv3SemSegBase"]
@@ -45,6 +46,7 @@ class DINOv3SemSegBase(nn.Module):
         test_mode: str = "whole",
         slide_crop_size: Optional[Tuple[int, int]] = None,
         slide_stride: Optional[Tuple[int, int]] = None,
+        slide_batch: int = 1,
         tta_scales: Sequence[float] = (1.0,),
         tta_flip: bool = False,
     ):
@@ -61,6 +63,8 @@ class DINOv3SemSegBase(nn.Module):
                 every ``slide_stride``) or "tta" (``tta_scales`` x ``tta_flip`` views; each view
                 is predicted by sliding windows when ``slide_crop_size`` is set, else whole).
             slide_crop_size, slide_stride: (h, w) sliding-window size and stride.
+            slide_batch: sliding windows per forward pass (more: faster on a GPU, that many times
+                one window's activation memory; see ``slide_inference``).
             tta_scales, tta_flip: TTA resize ratios; add horizontally flipped views.
         """
         super().__init__()
@@ -73,6 +77,7 @@ class DINOv3SemSegBase(nn.Module):
             raise ValueError("test_mode='slide' needs slide_crop_size and slide_stride")
         if (slide_crop_size is None) != (slide_stride is None):
             raise ValueError("slide_crop_size and slide_stride must be given together")
+        check_slide_batch(slide_batch)
         self.backbone = backbone
         self.sem_seg_head = sem_seg_head
         self.criterion = criterion
@@ -81,6 +86,7 @@ class DINOv3SemSegBase(nn.Module):
         self.test_mode = test_mode
         self.slide_crop_size = tuple(slide_crop_size) if slide_crop_size else None
         self.slide_stride = tuple(slide_stride) if slide_stride else None
+        self.slide_batch = slide_batch
         self.tta_scales = tuple(tta_scales)
         self.tta_flip = tta_flip
         # Derived from the config, so not stored in checkpoints.
@@ -138,7 +144,8 @@ class DINOv3SemSegBase(nn.Module):
         if self.slide_crop_size is None:
             return self._predict_padded(images)
         return slide_inference(self._predict_padded, images, crop_size=self.slide_crop_size,
-                               stride=self.slide_stride, num_classes=self.num_classes)
+                               stride=self.slide_stride, num_classes=self.num_classes,
+                               slide_batch=self.slide_batch)
 
     def _inference_one(self, inputs: Dict) -> Dict[str, torch.Tensor]:
         image = self._normalize(inputs["image"])[None]  # [1, 3, H, W]

@@ -25,9 +25,11 @@ from detectron2.data.catalog import Metadata
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from dinov3_m2f.data.image import read_image
+from dinov3_m2f.modeling.torch_compile import compile_parts
+
 from .checkpoint import TrainableCheckpointer
 from .config import load_config
-from .mapper import read_image_or_raise
 from .trainer import AMP_DTYPES, resolve_device
 
 logger = logging.getLogger(__name__)
@@ -106,7 +108,8 @@ class SemSegPredictor:
         device: str = "auto",
         autocast: str = "auto",
     ) -> "SemSegPredictor":
-        """Build ``cfg.model``, load a checkpoint strictly and return a predictor.
+        """Build ``cfg.model`` (compiled as ``cfg.train.compile`` says), load a checkpoint strictly
+        and return a predictor.
 
         Args:
             config_file: LazyConfig file (e.g. ``configs/synthetic/m2f_tiny_synthetic.py``).
@@ -129,6 +132,7 @@ class SemSegPredictor:
 
         resolved_device = resolve_device(device)
         model = instantiate(cfg.model).to(resolved_device)
+        compile_parts(model, OmegaConf.select(cfg, "train.compile", default=False))
         kind = TrainableCheckpointer(model, strict=True).load(checkpoint).get("checkpoint_kind")
         backbone = cfg.model.backbone
         if kind == "trainable" and not backbone.get("weights") and backbone.get("init_seed") is None:
@@ -150,7 +154,7 @@ class SemSegPredictor:
 
     def _as_image(self, image: Union[np.ndarray, str]) -> np.ndarray:
         if isinstance(image, (str, os.PathLike)):
-            return read_image_or_raise(os.fspath(image), image_format="RGB")
+            return read_image(os.fspath(image), image_format="RGB")
         if not isinstance(image, np.ndarray):
             raise TypeError(f"image must be a path or a numpy array, got {type(image).__name__}")
         if image.ndim != 3 or image.shape[2] != _UINT8_CHANNELS or image.dtype != np.uint8:

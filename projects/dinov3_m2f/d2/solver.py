@@ -1,8 +1,9 @@
-"""Which parameters train, and their optimizer parameter groups.
+"""The optimizer parameter groups of the trainable parameters.
 
 Only trainable parameters get an entry: the frozen DINOv3 ViT (and anything frozen by the config's
-``train.trainable`` / ``train.freeze``) never reaches the optimizer, so it carries no optimizer
-state and never appears in a checkpoint's optimizer section.
+``train.trainable`` / ``train.freeze``, see :func:`dinov3_m2f.training.set_trainable`) never
+reaches the optimizer, so it carries no optimizer state and never appears in a checkpoint's
+optimizer section.
 """
 import functools
 import logging
@@ -11,9 +12,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 from detectron2.solver.build import get_default_optimizer_params, reduce_param_groups
 from torch import nn
 
-from dinov3_m2f.data.files import MAX_LISTED
-
-from .checkpoint import frozen_state_prefixes
+from dinov3_m2f.training import is_under
 
 logger = logging.getLogger(__name__)
 
@@ -21,74 +20,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_NO_DECAY_NAMES = ("level_embed", "query_feat", "query_embed")
 
 
-def _matches(name: str, prefix: str) -> bool:
-    """Whether the dotted ``name`` is ``prefix`` or lies under it."""
-    return name == prefix or name.startswith(prefix + ".")
-
-
 def _lr_multiplier(name: str, *, lr_multipliers: Mapping[str, float]) -> float:
     """The multiplier of the longest prefix of ``name`` in ``lr_multipliers`` (1.0 if none)."""
-    matches = [prefix for prefix in lr_multipliers if _matches(name, prefix)]
+    matches = [prefix for prefix in lr_multipliers if is_under(name, prefix)]
     return float(lr_multipliers[max(matches, key=len)]) if matches else 1.0
-
-
-def set_trainable(
-    model: nn.Module,
-    *,
-    trainable: Optional[Sequence[str]] = None,
-    freeze: Sequence[str] = (),
-) -> List[str]:
-    """Freeze parameters by module-name prefix (before the optimizer is built).
-
-    Parameters outside ``trainable`` are frozen, those inside keep their flag (the ViT stays
-    frozen); then the ``freeze`` modules are frozen. The modules this leaves without trainable
-    parameters are returned: they should run in eval mode (BatchNorm statistics, dropout).
-
-    Args:
-        model: the (unwrapped) model.
-        trainable: module prefixes to train (``["sem_seg_head.predictor.class_embed"]``) or None.
-        freeze: module prefixes to freeze (e.g. ``["backbone.adapter"]``).
-
-    Raises:
-        ValueError: a prefix names no module, a ``trainable`` prefix holds no trainable parameter
-            or nothing is left to train.
-    """
-    module_names = {name for name, _ in model.named_modules() if name}
-    for option, prefixes in (("train.trainable", trainable or ()), ("train.freeze", freeze)):
-        unknown = sorted(p for p in prefixes if p not in module_names)
-        if unknown:
-            raise ValueError(f"{option}: no module named {unknown} in {type(model).__name__}")
-    was_trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    if trainable is not None:
-        for prefix in trainable:
-            if not any(_matches(n, prefix) for n in was_trainable):
-                raise ValueError(
-                    f"train.trainable: module {prefix!r} has no trainable parameter "
-                    "(it is frozen by construction)"
-                )
-        for name, param in model.named_parameters():
-            if not any(_matches(name, prefix) for prefix in trainable):
-                param.requires_grad_(False)
-    for name, param in model.named_parameters():
-        if any(_matches(name, prefix) for prefix in freeze):
-            param.requires_grad_(False)
-    now_trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    if not now_trainable:
-        raise ValueError("train.trainable / train.freeze leave no trainable parameter")
-    newly_frozen = was_trainable - now_trainable
-    # the largest all-frozen modules that this call froze (at least in part)
-    frozen_modules = [
-        prefix[:-1] for prefix in frozen_state_prefixes(model)
-        if any(name.startswith(prefix) for name in newly_frozen)
-    ]
-    if newly_frozen:
-        logger.info(
-            "Config froze %d parameter tensors; training %d: %s",
-            len(newly_frozen),
-            len(now_trainable),
-            sorted(now_trainable) if len(now_trainable) <= MAX_LISTED else "...",
-        )
-    return frozen_modules
 
 
 def get_param_groups(

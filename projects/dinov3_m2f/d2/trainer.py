@@ -1,5 +1,6 @@
 """The training loop (detectron2's ``SimpleTrainer`` with autocast, gradient accumulation,
-clipping, a non-finite-loss check and stop requests) and the device of this process."""
+clipping, per-iteration seeding, a non-finite-loss check and stop requests) and the device of this
+process."""
 import contextlib
 import logging
 import re
@@ -13,13 +14,18 @@ from detectron2.utils import comm
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from dinov3_m2f.config_schema import AMP_DTYPES, DEVICE_PATTERN
+from dinov3_m2f.data.sampling import derive_seed
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["AMP_DTYPES", "SegTrainer", "resolve_device"]
 
-AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
-# Device strings accepted by resolve_device besides "auto".
-DEVICE_PATTERN = r"cpu|cuda(:\d+)?"
+DIVERGENCE_HINT = (
+    "Likely causes: a learning rate too high for this model and batch size (optimizer.lr, "
+    "lr_multiplier warmup), or float16 overflow under autocast (use train.amp.dtype=bfloat16 or "
+    "train.amp.enabled=False)."
+)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -47,14 +53,17 @@ class _StopTraining(BaseException):
 
 
 class SegTrainer(SimpleTrainer):
-    """SimpleTrainer with autocast, gradient accumulation, global gradient clipping, a finite-loss
-    check and stop requests.
+    """SimpleTrainer with autocast, gradient accumulation, global gradient clipping, per-iteration
+    seeding, a finite-loss check and stop requests.
 
     One iteration is one optimizer step over ``grad_accum_steps`` micro-batches (one data-loader
     batch each, loss divided by ``grad_accum_steps``, DDP gradient sync on the last one); the
-    logged losses are the micro-batch mean. A non-finite loss on any rank (one all-reduce of a
+    logged losses are the micro-batch mean. With a ``seed``, torch's random state is seeded from
+    ``(seed, iteration, micro-batch, rank)`` before each forward (point sampling, dropout), so a
+    resumed run draws what an uninterrupted one would. A non-finite loss on any rank (one all-reduce of a
     flag before each ``backward``) stops every process with ``FloatingPointError`` naming the
-    iteration, before the optimizer step and any checkpoint of that iteration. After
+    iteration and the likely causes, before the optimizer step and any checkpoint of that
+    iteration (the Mask2Former criterion turns non-finite predictions into NaN losses). After
     :meth:`request_stop` the iteration finishes with all its hooks, then training ends as if
     ``max_iter`` were the next iteration (the hooks' ``after_train`` see a completed run).
     """
@@ -71,6 +80,7 @@ class SegTrainer(SimpleTrainer):
         clip_grad_norm_type: float = 2.0,
         grad_accum_steps: int = 1,
         eval_modules: Sequence[nn.Module] = (),
+        seed: Optional[int] = None,
     ):
         """
         Args:
@@ -82,6 +92,7 @@ class SegTrainer(SimpleTrainer):
             grad_accum_steps: micro-batches per optimizer step (>= 1).
             eval_modules: modules kept in eval mode (frozen by the config: BatchNorm statistics
                 and dropout stay fixed).
+            seed: seed torch's random state per iteration (>= 0); None leaves it alone.
         """
         super().__init__(model, data_loader, optimizer)
         if amp_dtype is not None and amp_dtype not in AMP_DTYPES:
@@ -104,6 +115,7 @@ class SegTrainer(SimpleTrainer):
         self.clip_grad_norm_type = clip_grad_norm_type
         self.grad_accum_steps = grad_accum_steps
         self.eval_modules = list(eval_modules)
+        self.seed = seed
         self.stop_reason: Optional[str] = None
         self.stopped_early = False
 
@@ -138,7 +150,7 @@ class SegTrainer(SimpleTrainer):
             values = {k: float(v.detach()) for k, v in loss_dict.items()}
             raise FloatingPointError(
                 f"Loss became infinite or NaN at iteration {self.iter} (on at least one rank); "
-                f"stopping before the optimizer step and without checkpointing. "
+                f"stopping before the optimizer step and without checkpointing. {DIVERGENCE_HINT} "
                 f"Losses on this rank: {values}"
             )
 
@@ -156,6 +168,8 @@ class SegTrainer(SimpleTrainer):
             start = time.perf_counter()
             data = next(self._data_loader_iter)
             data_time += time.perf_counter() - start
+            if self.seed is not None:  # after the loader, which may draw (e.g. its first batch)
+                torch.manual_seed(derive_seed(self.seed, self.iter, micro_step, comm.get_rank()))
             # DDP all-reduces the gradients on the last micro-batch only
             is_last = micro_step == self.grad_accum_steps - 1
             sync = is_last or not isinstance(self.model, DistributedDataParallel)

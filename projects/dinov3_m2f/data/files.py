@@ -3,14 +3,18 @@ detectron2).
 
 Images and masks are paired by their path relative to the image or mask directory, minus the file
 ending (``images/a/1.jpg`` pairs with ``masks/a/1.png``). :func:`pair_image_mask_files` only
-collects what it finds; the callers decide what a gap means: the dataset registration raises one
-error, the dataset checker reports every unpaired file. :func:`collect_image_files` expands the
-inputs of the inference tools (``tools/demo.py``, ``tools/infer_onnx.py``).
+collects what it finds; the callers decide what a gap means: :func:`load_split_dicts` (the dataset
+registration) raises one error, the dataset checker reports every unpaired file.
+:func:`collect_image_files` expands the inputs of the inference tools (``tools/demo.py``,
+``tools/infer_onnx.py``).
 """
 import glob
+import logging
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -22,6 +26,7 @@ __all__ = [
     "datasets_root",
     "duplicate_message",
     "list_files",
+    "load_split_dicts",
     "pair_image_mask_files",
 ]
 
@@ -192,3 +197,53 @@ def collect_image_files(patterns: Sequence[str]) -> List[str]:
             "each other, run them separately"
         )
     return files
+
+
+def _listing(paths: Sequence[str]) -> str:
+    shown = ", ".join(paths[:MAX_LISTED])
+    return shown + (f", ... ({len(paths)} files)" if len(paths) > MAX_LISTED else "")
+
+
+def load_split_dicts(
+    splits: Sequence[Tuple[str, Optional[str]]],
+    *,
+    layout: str,
+    prepare: Optional[Callable[[], object]] = None,
+) -> List[Dict]:
+    """After ``prepare()``, the dataset dicts (``file_name``, ``sem_seg_file_name``) of images and
+    masks paired by relative path minus suffix (:func:`pair_image_mask_files`) in each
+    (image dir, mask dir or None) split: what the dataset registration loads.
+
+    Args:
+        splits: (image directory, mask directory or ``None`` for images only).
+        layout: human-readable expected layout, quoted in every error.
+        prepare: called first (e.g. generates the synthetic dataset).
+
+    Raises:
+        FileNotFoundError, ValueError: a missing directory, no images, an image without mask, a
+            mask without image, two files with the same name; each names the files.
+    """
+    if prepare is not None:
+        prepare()
+    dicts = []
+    for image_dir, mask_dir in splits:
+        pairing = pair_image_mask_files(image_dir, mask_dir, layout=layout)
+        if pairing.duplicates:
+            raise ValueError(duplicate_message(*pairing.duplicates[0]))
+        if not pairing.images:
+            raise FileNotFoundError(f"no images found in {image_dir}; expected layout: {layout}")
+        without_mask = [pairing.images[k] for k in pairing.images_without_mask]
+        if without_mask:
+            raise ValueError(
+                f"{len(without_mask)} images have no mask (*.png with the same name) in "
+                f"{mask_dir}: {_listing(without_mask)}; expected layout: {layout}"
+            )
+        without_image = [pairing.masks[k] for k in pairing.masks_without_image]
+        if without_image:
+            raise ValueError(
+                f"{len(without_image)} masks have no image in {image_dir}: "
+                f"{_listing(without_image)}; expected layout: {layout}"
+            )
+        dicts.extend(pairing.dataset_dicts())
+    logger.info("Loaded %d images from %s", len(dicts), ", ".join(d for d, _ in splits))
+    return dicts

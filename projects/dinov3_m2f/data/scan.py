@@ -6,7 +6,8 @@ reading image headers only (size, pixel format, EXIF orientation) and decoding e
 for PNG): missing or unreadable files, refused pixel formats, multi-channel masks, masks that fit
 neither the displayed nor the stored image size, and label values outside the classes. It runs on
 a thread pool with a progress bar, and fails with one :class:`DatasetScanError` listing every bad
-file and its reason.
+file and its reason. A dataset whose masks label no pixel at all (every value the ignore value,
+e.g. a wrong ``label_map`` or ``ignore_value``) is refused too: it would train to an mIoU of NaN.
 
 Results are cached in a JSON file: a sample whose image and mask have the size and modification
 time (nanoseconds) recorded at its last successful check is not read again, so a restart skips
@@ -30,7 +31,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["DatasetScanError", "ScanResult", "scan_dataset"]
 
 # Bump when the checks change, so that older caches are not trusted.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 # [size in bytes, modification time in ns] of each file of a sample (lists, as JSON stores them).
 _Stamp = List[List[int]]
@@ -55,11 +56,13 @@ class ScanResult:
     Attributes:
         num_samples: samples in the dataset.
         num_cached: samples whose files were unchanged since a cached check (not read).
+        labelled_pixels: mask pixels holding a class id (not the ignore value), all samples.
         notes: notes of every sample (EXIF orientations, 16-bit images), cached ones included.
     """
 
     num_samples: int
     num_cached: int
+    labelled_pixels: int = 0
     notes: List[str] = field(default_factory=list)
 
 
@@ -105,9 +108,22 @@ def _cache_key(record: Mapping) -> str:
     return os.path.abspath(record["file_name"])
 
 
-def _cache_entry(record: Mapping, stamp: _Stamp, notes: Sequence[str]) -> Dict:
+def _cache_entry(record: Mapping, stamp: _Stamp, *, notes: Sequence[str] = (), labelled: int = 0) -> Dict:
     mask = record.get("sem_seg_file_name")
-    return {"mask": None if mask is None else os.path.abspath(mask), "stamp": stamp, "notes": list(notes)}
+    return {
+        "mask": None if mask is None else os.path.abspath(mask), "stamp": stamp, "notes": list(notes),
+        "labelled": labelled,
+    }
+
+
+def _is_cache_hit(entry: Optional[Mapping], record: Mapping, stamp: Optional[_Stamp]) -> bool:
+    """Whether a cached entry is of this sample's files as they are now (same size and mtime)."""
+    if entry is None or stamp is None:
+        return False
+    current = _cache_entry(record, stamp)
+    return (entry.get("mask"), entry.get("stamp")) == (current["mask"], stamp) and isinstance(
+        entry.get("labelled"), int
+    )
 
 
 def _format_error(problems: Sequence[Problem], num_bad: int, num_samples: int) -> str:
@@ -117,6 +133,16 @@ def _format_error(problems: Sequence[Problem], num_bad: int, num_samples: int) -
     ]
     lines += [f"  {problem.message}" for problem in problems]
     return "\n".join(lines)
+
+
+def _nothing_labelled_error(num_samples: int, ignore_value: int) -> DatasetScanError:
+    return DatasetScanError(
+        f"none of the {num_samples} training samples has a labelled pixel: every mask value is the "
+        f"ignore value {ignore_value} (after the dataset's label_map). Training would learn nothing "
+        "and evaluate to an mIoU of NaN; check the masks, ignore_value and label_map "
+        "(tools/check_dataset.py shows the per-class pixel counts)",
+        problems=[],
+    )
 
 
 def scan_dataset(
@@ -146,7 +172,8 @@ def scan_dataset(
 
     Raises:
         DatasetScanError: one or more samples are bad; lists all of them, each with its reason.
-            The good samples are cached before it is raised.
+            The good samples are cached before it is raised. Also raised when no mask labels any
+            pixel.
     """
     validate_dataset_dicts(dataset_dicts, num_classes=num_classes)
     settings = _settings(num_classes, ignore_value, label_map)
@@ -156,14 +183,15 @@ def scan_dataset(
     def scan_one(record: Mapping) -> Tuple[Optional[Dict], SampleCheck, bool]:
         stamp = _stamp(record)  # taken before reading: a file edited meanwhile is checked next time
         entry = cached.get(_cache_key(record))
-        if stamp is not None and entry is not None and entry == _cache_entry(record, stamp, entry.get("notes", [])):
+        if _is_cache_hit(entry, record, stamp):
             return entry, SampleCheck(), True
         result = check_sample(
             record, num_classes=num_classes, ignore_value=ignore_value, label_map=label_map, decode_image=False
         )
         good = stamp is not None and not result.problems
         notes = [note.message for note in result.notes]
-        return (_cache_entry(record, stamp, notes) if good else None), result, False
+        labelled = 0 if result.pixels is None else int(result.pixels.sum())
+        return (_cache_entry(record, stamp, notes=notes, labelled=labelled) if good else None), result, False
 
     outcomes = map_with_progress(scan_one, dataset_dicts, num_workers=num_workers, desc="scan", progress=progress)
     good: Dict[str, Dict] = {}
@@ -183,10 +211,15 @@ def scan_dataset(
     )
     if problems:
         raise DatasetScanError(_format_error(problems, num_bad, len(dataset_dicts)), problems=problems)
+    labelled_pixels = sum(entry["labelled"] for entry in good.values())
+    if labelled_pixels == 0:
+        raise _nothing_labelled_error(len(dataset_dicts), ignore_value)
     notes = [note for entry in good.values() for note in entry["notes"]]
     if notes:
         logger.info(
             "%d notes on the training set (e.g. EXIF-rotated images, see dinov3_m2f.data.image); "
             "the first: %s", len(notes), notes[0],
         )
-    return ScanResult(num_samples=len(dataset_dicts), num_cached=num_cached, notes=notes)
+    return ScanResult(
+        num_samples=len(dataset_dicts), num_cached=num_cached, labelled_pixels=labelled_pixels, notes=notes
+    )

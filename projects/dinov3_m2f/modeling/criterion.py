@@ -9,8 +9,11 @@ For each decoder layer (the final output and every entry of ``aux_outputs``):
        :mod:`.point_sampling`), so ignore and padding pixels count nowhere; the cross-entropy is
        the mean over the valid points of a mask. Both are summed over masks and divided by the
        number of target masks (averaged over processes in distributed training).
-Losses are returned unweighted; ``weight_dict`` holds the weight of every key.
+Losses are returned unweighted; ``weight_dict`` holds the weight of every key. Non-finite
+predictions (a diverging run) cannot be matched: every loss is then NaN, without matching, so the
+training loop stops with its own error naming the iteration.
 """
+import logging
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -21,10 +24,13 @@ from torch import nn
 from .matcher import DICE_SMOOTH
 from .point_sampling import logit_uncertainty, point_sample, sample_uncertain_points, sample_valid_points
 
+logger = logging.getLogger(__name__)
+
 __all__ = ["SetCriterion", "make_weight_dict", "weighted_sigmoid_ce", "weighted_dice"]
 
-# Loss groups: "labels" gives loss_ce, "masks" gives loss_mask and loss_dice.
-SUPPORTED_LOSSES = ("labels", "masks")
+# The loss keys of each loss group.
+LOSS_KEYS = {"labels": ("loss_ce",), "masks": ("loss_mask", "loss_dice")}
+SUPPORTED_LOSSES = tuple(LOSS_KEYS)
 
 
 def make_weight_dict(
@@ -198,15 +204,28 @@ class SetCriterion(nn.Module):
 
         Returns:
             dict of scalar losses: "loss_ce", "loss_mask", "loss_dice" for the final layer and
-            the same keys with suffix ``_{i}`` for ``aux_outputs[i]``.
+            the same keys with suffix ``_{i}`` for ``aux_outputs[i]``; all NaN when a prediction
+            holds NaN or Inf (nothing is matched).
 
         Raises:
             KeyError: a returned loss has no entry in ``weight_dict``.
         """
+        # every process all-reduces the mask count, whether its predictions are finite or not
         num_masks = self._num_masks(targets, outputs["pred_logits"].device)
-        losses = self._layer_losses(outputs, targets, num_masks, suffix="")
-        for i, aux_outputs in enumerate(outputs.get("aux_outputs", ())):
-            losses.update(self._layer_losses(aux_outputs, targets, num_masks, suffix=f"_{i}"))
+        layers = [("", outputs)]
+        layers += [(f"_{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs", ()))]
+        finite = torch.stack(
+            [torch.isfinite(layer[key]).all() for _, layer in layers for key in ("pred_logits", "pred_masks")]
+        ).all()
+        if not finite:
+            logger.warning("Non-finite predictions (NaN or Inf): no matching, every loss is NaN")
+            nan = torch.full((), float("nan"), device=outputs["pred_logits"].device)
+            keys = [key for name in self.losses for key in LOSS_KEYS[name]]
+            losses = {key + suffix: nan for suffix, _ in layers for key in keys}
+        else:
+            losses = {}
+            for suffix, layer in layers:
+                losses.update(self._layer_losses(layer, targets, num_masks, suffix=suffix))
         missing = sorted(set(losses) - set(self.weight_dict))
         if missing:
             raise KeyError(f"weight_dict has no weight for losses {missing}")

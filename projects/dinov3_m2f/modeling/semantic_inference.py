@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..windows import sliding_windows
 
-__all__ = ["semantic_probs", "slide_inference", "tta_inference"]
+__all__ = ["check_slide_batch", "semantic_probs", "slide_inference", "tta_inference"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,12 @@ def _check_prediction(scores: torch.Tensor, images: torch.Tensor, num_classes: O
         )
 
 
+def check_slide_batch(slide_batch: int) -> None:
+    """Raise ValueError unless ``slide_batch`` (windows per predict call) is a positive int."""
+    if isinstance(slide_batch, bool) or not isinstance(slide_batch, int) or slide_batch < 1:
+        raise ValueError(f"slide_batch must be a positive int (windows per predict call), got {slide_batch!r}")
+
+
 def slide_inference(
     predict: Predictor,
     images: torch.Tensor,
@@ -99,8 +105,7 @@ def slide_inference(
     """
     if images.dim() != 4:
         raise ValueError(f"images must have shape [B, 3, H, W], got {tuple(images.shape)}")
-    if isinstance(slide_batch, bool) or not isinstance(slide_batch, int) or slide_batch < 1:
-        raise ValueError(f"slide_batch must be a positive int (windows per predict call), got {slide_batch!r}")
+    check_slide_batch(slide_batch)
     batch, _, height, width = images.shape
     (crop_h, crop_w), windows = sliding_windows(height, width, crop_size=crop_size, stride=stride)
     scores = images.new_zeros((batch, num_classes, height, width), dtype=torch.float32)
