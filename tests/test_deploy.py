@@ -308,6 +308,7 @@ VITS_OVERRIDES = [
     "model.backbone.weights=null",
     "model.backbone.init_seed=0",
     "model.sem_seg_head.input_shape.channels=384",
+    *load_tool("export_model").FLOAT32_OVERRIDES,  # the ADE20K config's ViT is bfloat16
 ]
 VITS_SIZE = 512
 

@@ -16,7 +16,8 @@ Without ``--dynamic`` the batch size is 1 and H x W is fixed to ``--input-size``
 height and width are free (``--input-size`` is only the traced example; H and W must be at least
 33, so that the stride-32 feature map has two cells). Exporting needs the
 compiled extension. The checkpoint is loaded like ``--eval-only`` does: a trainable-only
-checkpoint gets the frozen ViT from ``model.backbone.weights`` (or its ``init_seed``).
+checkpoint gets the frozen ViT from ``model.backbone.weights`` (or its ``init_seed``), built in
+float32 whatever ``model.backbone.vit_dtype`` says (the exported model computes in float32).
 
 After writing, the exported model is run on a random image and compared with PyTorch; the
 command fails when probabilities differ by more than 1e-4 or labels agree on less than 99.9 %.
@@ -65,6 +66,9 @@ MS_PER_S = 1000.0
 # The ONNX exporter's libraries log every graph rewrite (INFO) and every constant they do not
 # fold (WARNING).
 EXPORTER_LOGGERS = ("onnxscript", "onnx_ir")
+# Exported models compute in float32: a config's bfloat16 frozen ViT (model.backbone.vit_dtype)
+# is built in float32 from the same weights (ONNX runtimes have no bfloat16 convolutions).
+FLOAT32_OVERRIDES = ("model.backbone.vit_dtype=float32",)
 
 Probabilities = Callable[[torch.Tensor], np.ndarray]
 
@@ -172,8 +176,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if os.path.exists(output) and not args.overwrite:
         raise FileExistsError(f"output {output} exists; pass --overwrite to replace it")
     predictor = SemSegPredictor.from_config(
-        args.config_file, checkpoint=args.checkpoint, overrides=args.opts, device=args.device,
-        autocast="none",
+        args.config_file, checkpoint=args.checkpoint, overrides=[*args.opts, *FLOAT32_OVERRIDES],
+        device=args.device, autocast="none",
     )
     if predictor.augmentations.augs:
         logger.warning(
