@@ -214,8 +214,12 @@ def test_export_refuses_to_overwrite(tiny_synthetic_checkpoint, tmp_path):
 
 def test_export_benchmark_prints_a_row_for_the_benchmarks_page(tiny_synthetic_checkpoint, synthetic_env,
                                                                tmp_path, capsys):
-    _export(load_tool("export_model"), tiny_synthetic_checkpoint, tmp_path / "model.onnx", "--format", "onnx",
-            "--input-size", "64", "64", "--benchmark", "2", "--threads", "1")
+    threads = torch.get_num_threads()
+    try:
+        _export(load_tool("export_model"), tiny_synthetic_checkpoint, tmp_path / "model.onnx", "--format",
+                "onnx", "--input-size", "64", "64", "--benchmark", "2", "--threads", "1")
+    finally:
+        torch.set_num_threads(threads)  # --threads sets it for the whole (test) process
     header, separator, row = capsys.readouterr().out.strip().splitlines()[-3:]
     def split(line):
         return [cell.strip() for cell in line.strip().strip("|").split("|")]
