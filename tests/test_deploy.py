@@ -179,6 +179,32 @@ def test_dynamic_exports_take_any_batch_and_size(exports, predictor, fmt):
         _assert_parity(reference, run(images))
 
 
+@pytest.mark.parametrize("fmt, ext", [("onnx", "onnx"), ("torch_export", "pt2")])
+def test_float32_input_exports_match_the_d2_model(tiny_synthetic_checkpoint, synthetic_env, predictor,
+                                                  val_images, tmp_path, fmt, ext):
+    """``--input-dtype float32``: the model takes float RGB in 0..255; its labels are the argmax."""
+    path = _export(load_tool("export_model"), tiny_synthetic_checkpoint, tmp_path / f"float.{ext}",
+                   "--format", fmt, "--input-size", str(SIZE), str(SIZE), "--input-dtype", "float32")
+    images = [_read(p) for p in val_images]
+    if fmt == "onnx":
+        segmenter = OnnxSemSegmenter(path)
+        assert segmenter.input_dtype == np.float32
+        run = lambda image: segmenter.session.run(None, {segmenter.input_name: image})  # noqa: E731
+    else:
+        module = load_program(path)[0].module()
+        run = lambda image: [t.numpy() for t in module(torch.from_numpy(image))]  # noqa: E731
+    outputs = []
+    with torch.inference_mode():
+        for image in images:  # a static export takes batch 1
+            single = image.transpose(2, 0, 1)[None].astype(np.float32)
+            outputs.append(run(single))
+            if fmt == "onnx":  # the runner casts uint8 images to the model's float input
+                np.testing.assert_array_equal(segmenter.run(single.astype(np.uint8)), outputs[-1][0])
+    probs, labels = (np.concatenate(parts) for parts in zip(*outputs))
+    np.testing.assert_array_equal(labels, probs.argmax(1))
+    _assert_parity(_d2_probs(predictor, images), probs)
+
+
 def test_program_reloads_in_a_process_that_imports_only_torch_and_dinov3_m2f(exports, tmp_path, predictor):
     image = example_image(height=SIZE, width=SIZE, seed=3)
     np.save(tmp_path / "image.npy", image.numpy())
