@@ -24,6 +24,22 @@ def load_tool(name):
     return module
 
 
+def load_init_checkpoint(model, path, *, partial):
+    """Load ``train.init_checkpoint=path`` into ``model`` as tools/train_net.py does before iteration
+    0 (no ``--resume``), with ``train.init_partial=partial``; returns the start iteration."""
+    import argparse
+
+    from omegaconf import OmegaConf
+
+    from dinov3_m2f.d2.checkpoint import TrainableCheckpointer
+    from dinov3_m2f.training import frozen_state_prefixes
+
+    cfg = OmegaConf.create({"train": {"output_dir": os.path.dirname(path), "init_checkpoint": path,
+                                      "init_partial": partial}})
+    checkpointer = TrainableCheckpointer(model, exclude_prefixes=frozen_state_prefixes(model))
+    return load_tool("train_net").load_start_state(argparse.Namespace(resume=False), cfg, checkpointer)
+
+
 class CreatesFileWhenUnpickled:
     """A pickle payload that runs code: unpickling it calls ``open(marker, "w")``, creating ``marker``.
 

@@ -6,6 +6,7 @@ The original checkpoints are built here from the module names of the public Mask
 random weights and shapes computed from the hyper-parameters, independently of the converter.
 """
 import collections
+import logging
 import os
 import pickle
 
@@ -20,7 +21,7 @@ from dinov3_m2f.modeling.mask2former_weights import (
     convert_mask2former_state_dict,
 )
 from dinov3_m2f.utils import safe_numpy_pickle_load
-from helpers import CreatesFileWhenUnpickled, load_tool, write_code_executing_checkpoint
+from helpers import CreatesFileWhenUnpickled, load_init_checkpoint, load_tool, write_code_executing_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTHETIC_CONFIG = os.path.join(REPO, "configs", "synthetic", "m2f_tiny_synthetic.py")
@@ -276,16 +277,12 @@ def test_tool_converts_pkl_and_pth_alike(convert_tool, tmp_path, capsys):
         convert_tool.main(["--from", "mask2former", pkl, str(tmp_path / "x.pth"), "--include-backbone"])
 
 
-def test_tool_output_initialises_the_d2_model(convert_tool, tmp_path, catalog):
-    """Checked against the synthetic config's head; the file loads as a partial initialisation.
-
-    Training loads it with ``train.init_partial=True``; here the checkpointer's non-strict load
-    (what that switch selects) is called directly.
-    """
+def test_tool_output_initialises_the_d2_model(convert_tool, tmp_path, catalog, caplog):
+    """Checked against the synthetic config's head; training refuses it as a strict
+    initialisation (naming the switch) and loads it with ``train.init_partial=True``."""
     pytest.importorskip("detectron2")
     from detectron2.config import instantiate
 
-    from dinov3_m2f.d2.checkpoint import TrainableCheckpointer
     from dinov3_m2f.d2.config import load_config
 
     original = original_mask2former_state_dict(**{**HEAD, "num_classes": 150})
@@ -299,7 +296,11 @@ def test_tool_output_initialises_the_d2_model(convert_tool, tmp_path, catalog):
 
     model = instantiate(load_config(SYNTHETIC_CONFIG).model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    TrainableCheckpointer(model, strict=False).load(out)
+    with pytest.raises(RuntimeError, match=r"train\.init_partial=True"):
+        load_init_checkpoint(model, out, partial=False)
+    with caplog.at_level(logging.WARNING, logger="dinov3_m2f.d2.checkpoint"):
+        assert load_init_checkpoint(model, out, partial=True) == 0
+    assert any(r.getMessage().startswith("Partial load") for r in caplog.records)
     after = model.state_dict()
     for key, value in saved["model"].items():
         assert torch.equal(after[key], value), key

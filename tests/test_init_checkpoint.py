@@ -2,7 +2,6 @@
 trainable weights unset or has unexpected keys fails before iteration 0 and lists them;
 ``train.init_partial=True`` loads the matching weights and logs exactly what was skipped (another
 ``num_classes``, backbone and adapter only, another project's head)."""
-import argparse
 import logging
 import os
 import subprocess
@@ -14,12 +13,10 @@ pytest.importorskip("detectron2")
 
 import torch  # noqa: E402
 from detectron2.config import LazyConfig, instantiate  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
 
-from dinov3_m2f.d2.checkpoint import TrainableCheckpointer  # noqa: E402
 from dinov3_m2f.training import frozen_state_prefixes  # noqa: E402
 from dinov3_m2f.utils import describe_key_mismatch  # noqa: E402
-from helpers import load_tool  # noqa: E402
+from helpers import load_init_checkpoint  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
@@ -46,17 +43,9 @@ def _write(path, state):
     return str(path)
 
 
-def _load(model, path, *, partial):
-    """What tools/train_net.py does before iteration 0 (no --resume)."""
-    cfg = OmegaConf.create({"train": {"output_dir": os.path.dirname(path), "init_checkpoint": path,
-                                      "init_partial": partial}})
-    checkpointer = TrainableCheckpointer(model, exclude_prefixes=frozen_state_prefixes(model))
-    return load_tool("train_net").load_start_state(argparse.Namespace(resume=False), cfg, checkpointer)
-
-
 def _partial_load_warning(caplog, model, path):
     with caplog.at_level(logging.WARNING, logger="dinov3_m2f.d2.checkpoint"):
-        assert _load(model, path, partial=True) == 0
+        assert load_init_checkpoint(model, path, partial=True) == 0
     warnings = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Partial load")]
     assert len(warnings) == 1
     return warnings[0]
@@ -70,7 +59,7 @@ def source():
 
 def test_a_complete_checkpoint_loads_strictly(tmp_path, source):
     model = _model(seed=2)
-    assert _load(model, _write(tmp_path / "init.pth", source), partial=False) == 0
+    assert load_init_checkpoint(model, _write(tmp_path / "init.pth", source), partial=False) == 0
     for key, value in _trainable_state(model).items():
         assert torch.equal(value, source[key]), key
 
@@ -84,7 +73,7 @@ def test_other_num_classes_fails_unless_partial_then_skips_only_the_classifier(t
     expected = describe_key_mismatch(missing=[k for k, _, _ in shapes], unexpected=[], wrong_shapes=shapes)
     assert expected.startswith(f"wrong shape (file vs model): {CLASS_EMBED}.bias (8,) vs (5,)")
     with pytest.raises(RuntimeError, match=r"init\.pth does not match the model: wrong shape") as info:
-        _load(model, path, partial=False)
+        load_init_checkpoint(model, path, partial=False)
     assert expected in str(info.value) and "train.init_partial=True" in str(info.value)
 
     warning = _partial_load_warning(caplog, model, path)
@@ -100,7 +89,7 @@ def test_backbone_and_adapter_only_fails_unless_partial_then_the_head_keeps_its_
     head_keys = sorted(k for k in source if k.startswith("sem_seg_head."))
     expected = describe_key_mismatch(missing=head_keys, unexpected=[], wrong_shapes=[])
     with pytest.raises(RuntimeError, match=r"adapter\.pth does not match the model: missing in the file: ") as info:
-        _load(model, path, partial=False)
+        load_init_checkpoint(model, path, partial=False)
     assert expected in str(info.value) and "sem_seg_head.predictor.query_feat.weight" in expected
 
     before = {k: v.clone() for k, v in _trainable_state(model).items()}
@@ -120,7 +109,7 @@ def test_another_projects_head_lists_the_unexpected_keys(tmp_path, source, caplo
     missing = sorted(k for k in source if k.startswith("sem_seg_head.predictor."))
     expected = describe_key_mismatch(missing=missing, unexpected=unexpected, wrong_shapes=[])
     with pytest.raises(RuntimeError, match=r"unexpected in the file: decode_head\.transformer_predictor\."):
-        _load(model, path, partial=False)
+        load_init_checkpoint(model, path, partial=False)
     warning = _partial_load_warning(caplog, model, path)
     assert f"other_head.pth, skipped: {expected} (" in warning
     loaded = [k for k in _trainable_state(model) if not k.startswith("sem_seg_head.predictor.")]
