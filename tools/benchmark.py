@@ -50,7 +50,8 @@ from dinov3_m2f.benchmarking import (
     time_ms,
     write_records,
 )
-from dinov3_m2f.d2.trainer import AMP_DTYPES, SegTrainer, resolve_device
+from dinov3_m2f.config_schema import AMP_DTYPES
+from dinov3_m2f.d2.trainer import SegTrainer, resolve_device
 from dinov3_m2f.d2.config import load_config
 from dinov3_m2f.modeling.torch_compile import compile_parts
 

@@ -27,7 +27,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from dinov3_m2f.benchmarking import AMP_DTYPES, autocast, describe_machine, markdown_table, time_ms, write_records
+from dinov3_m2f.benchmarking import AMP_FLAGS, autocast, describe_machine, markdown_table, time_ms, write_records
 from dinov3_m2f.layers import _extension
 from dinov3_m2f.modeling.adapter import DINOv3Adapter
 from dinov3_m2f.modeling.dinov3 import INTERACTION_INDEXES, build_dinov3
@@ -81,7 +81,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=None, help=f"default: {TINY_IMAGE_SIZE} (tiny), 512")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--mode", default="infer", choices=["infer", "train"])
-    parser.add_argument("--amp", default="bf16", choices=sorted(AMP_DTYPES), help="autocast dtype")
+    parser.add_argument("--amp", default="bf16", choices=sorted(AMP_FLAGS), help="autocast dtype")
     parser.add_argument("--backend", default="inductor", help="torch.compile backend")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -104,7 +104,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    amp_dtype = AMP_DTYPES[args.amp]
+    amp_dtype = AMP_FLAGS[args.amp]
     torch.manual_seed(0)
     model = build_model(args.model, hidden_dim=args.hidden_dim).to(device)
     model.train(args.mode == "train")

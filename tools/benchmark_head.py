@@ -49,6 +49,7 @@ from dinov3_m2f.benchmarking import (
     time_ms,
     write_records,
 )
+from dinov3_m2f.data.io import IGNORE_VALUE
 from dinov3_m2f.layers import MSDeformAttn
 from dinov3_m2f.modeling import (
     INTERACTION_INDEXES,
@@ -77,8 +78,7 @@ TINY_BATCH = 2
 LEARNING_RATE = 1e-4
 WEIGHT_DECAY = 0.05
 CLIP_MAX_NORM = 0.01
-# Mask2Former semantic segmentation: labels of unannotated pixels; hidden width of each head.
-IGNORE_VALUE = 255
+# Mask2Former semantic segmentation: hidden width of each head.
 HIDDEN_DIMS = {"official": 2048, "m2f": 256}
 
 

@@ -43,7 +43,8 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-MIB = 2**20
+from dinov3_m2f.benchmarking import MIB, describe_machine
+
 # glibc: allocations above this are mmap'ed and returned to the OS when freed (fixed, not adaptive).
 _MALLOC_MMAP_THRESHOLD = str(128 * 1024)
 # Cityscapes: frame, windows and overlap of configs/cityscapes/m2f_vitl16_lvd1689m_512x1024.py.
@@ -256,7 +257,7 @@ def _implied_weights_mib(preset: str, dtype: str) -> float:
 
 
 def _header() -> str:
-    return (f"{datetime.date.today()}, {os.cpu_count()}-core {platform.machine()} CPU, torch {torch.__version__}, "
+    return (f"{datetime.date.today()}, {describe_machine(torch.device('cpu'))}, torch {torch.__version__}, "
             f"{platform.python_implementation()} {platform.python_version()}")
 
 

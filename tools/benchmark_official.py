@@ -37,7 +37,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from dinov3_m2f.benchmarking import AMP_DTYPES, autocast, describe_machine, synchronize
+from dinov3_m2f.benchmarking import AMP_FLAGS, autocast, describe_machine, synchronize
 from dinov3_m2f.modeling.adapter import DINOv3Adapter
 from dinov3_m2f.modeling.dinov3 import INTERACTION_INDEXES, build_dinov3
 from dinov3_m2f.modeling.mask2former_head import Mask2FormerHead, official_dinov3_head_kwargs
@@ -58,7 +58,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--num-classes", type=int, default=150)
     parser.add_argument("--image-size", type=int, default=512)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--amp", default="bf16", choices=sorted(AMP_DTYPES), help="autocast dtype")
+    parser.add_argument("--amp", default="bf16", choices=sorted(AMP_FLAGS), help="autocast dtype")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--warmup", type=int, default=1)
@@ -102,7 +102,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    amp_dtype = AMP_DTYPES[args.amp]
+    amp_dtype = AMP_FLAGS[args.amp]
     torch.manual_seed(0)
     sizes = dict(backbone=args.backbone, hidden_dim=args.hidden_dim, num_classes=args.num_classes)
     official = build_official(args.official_repo, **sizes).to(device).eval()

@@ -47,10 +47,11 @@ from detectron2.utils.logger import setup_logger
 from omegaconf import DictConfig
 from torch import nn
 
+from dinov3_m2f.config_schema import AMP_DTYPES
 from dinov3_m2f.d2.checkpoint import TrainableCheckpointer
 from dinov3_m2f.d2.config import load_config
 from dinov3_m2f.d2.hooks import BestCheckpointer, EarlyStopping, SegEvalHook, SegPeriodicCheckpointer
-from dinov3_m2f.d2.trainer import AMP_DTYPES, SegTrainer, resolve_device
+from dinov3_m2f.d2.trainer import SegTrainer, resolve_device
 from dinov3_m2f.modeling.torch_compile import compile_parts
 from dinov3_m2f.training import frozen_state_prefixes, set_trainable
 from dinov3_m2f.utils import drop_metrics_from

@@ -18,7 +18,7 @@ import torch
 from .utils import atomic_open
 
 __all__ = [
-    "AMP_DTYPES",
+    "AMP_FLAGS",
     "DTYPES",
     "MemoryMeter",
     "MemoryPeak",
@@ -45,7 +45,7 @@ DTYPES: Dict[str, torch.dtype] = {
     "float64": torch.float64,
 }
 # --amp choices of the tools: the autocast dtype, or None for no autocast.
-AMP_DTYPES: Dict[str, Optional[torch.dtype]] = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
+AMP_FLAGS: Dict[str, Optional[torch.dtype]] = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 MIB = 2**20
 KIB = 2**10
 _PROC_STATUS = "/proc/self/status"

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from dinov3_m2f.d2.evaluation import SkippingSemSegEvaluator, build_sem_seg_test_loader
 from dinov3_m2f.d2.mapper import SemSegDatasetMapper
 from dinov3_m2f.d2.train_loader import build_sem_seg_train_loader
-from dinov3_m2f.d2.transforms import scaled_lengths
+from dinov3_m2f.data.scales import scaled_lengths
 
 dataloader = OmegaConf.create()
 

@@ -12,9 +12,8 @@ no-data into 255 and 1..7 into 0..6). detectron2 registers ``ade20k_sem_seg_*`` 
 import functools
 import logging
 import os
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
-import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.builtin_meta import ADE20K_SEM_SEG_CATEGORIES, CITYSCAPES_CATEGORIES
 
@@ -26,6 +25,7 @@ from dinov3_m2f.data.synthetic import (
     SYNTHETIC_COLORS,
     ensure_synthetic_dataset,
 )
+from dinov3_m2f.data.visualize import class_colors
 
 logger = logging.getLogger(__name__)
 
@@ -45,14 +45,6 @@ LOVEDA_COLORS = SYNTHETIC_COLORS
 # LoveDA mask files: 0 = no-data (ignored), 1..7 = the classes above.
 LOVEDA_LABEL_MAP = shifted_label_map(len(LOVEDA_CLASSES))
 LOVEDA_DOMAINS = ("Urban", "Rural")
-
-_PALETTE_SEED = 0  # seed of the generated palette for datasets without official colours
-
-
-def _generated_colors(num_classes: int) -> List[Tuple[int, int, int]]:
-    rng = np.random.default_rng(_PALETTE_SEED)
-    return [tuple(int(c) for c in rgb) for rgb in rng.integers(0, 256, size=(num_classes, 3))]
-
 
 def _register(
     name: str,
@@ -123,7 +115,7 @@ def register_folder_dataset(
             f"(0..{len(class_names) - 1}), got {ignore_value!r}"
         )
     if colors is None:
-        colors = _generated_colors(len(class_names))
+        colors = class_colors(len(class_names))
     elif len(colors) != len(class_names) or any(len(c) != 3 for c in colors):
         raise ValueError(
             f"colors must hold one (r, g, b) per class ({len(class_names)} classes), got {colors!r}"
@@ -169,7 +161,7 @@ def add_builtin_colors() -> None:
     Cityscapes' official train-id colours, a fixed generated palette for ADE20K."""
     by_train_id = sorted(CITYSCAPES_CATEGORIES, key=lambda c: c["trainId"])
     colors = {
-        "ade20k_sem_seg": _generated_colors(len(ADE20K_SEM_SEG_CATEGORIES)),
+        "ade20k_sem_seg": class_colors(len(ADE20K_SEM_SEG_CATEGORIES)),
         "cityscapes_fine_sem_seg": [tuple(c["color"]) for c in by_train_id],
     }
     for prefix, stuff_colors in colors.items():

@@ -25,12 +25,13 @@ from detectron2.data.catalog import Metadata
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from dinov3_m2f.config_schema import AMP_DTYPES
 from dinov3_m2f.data.image import read_image
 from dinov3_m2f.modeling.torch_compile import compile_parts
 
 from .checkpoint import TrainableCheckpointer
 from .config import load_config
-from .trainer import AMP_DTYPES, resolve_device
+from .trainer import resolve_device
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from dinov3_m2f.data.sampling import derive_seed
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AMP_DTYPES", "SegTrainer", "resolve_device"]
+__all__ = ["SegTrainer", "resolve_device"]
 
 DIVERGENCE_HINT = (
     "Likely causes: a learning rate too high for this model and batch size (optimizer.lr, "

@@ -5,7 +5,6 @@ from .image import ImageHeader, UnreadableImageError, read_image, read_image_hea
 from .io import (
     IGNORE_VALUE,
     MASK_FORMAT_HINT,
-    apply_label_map,
     check_label_values,
     check_same_size,
     convert_label_png,

@@ -28,7 +28,6 @@ __all__ = [
     "MASK_DISPLAYED",
     "MASK_FORMAT_HINT",
     "MASK_STORED",
-    "apply_label_map",
     "check_label_values",
     "check_same_size",
     "convert_label_png",
@@ -113,23 +112,6 @@ def _check_present_values(
             f"0..{num_classes - 1} (num_classes={num_classes}) that are not the ignore value "
             f"{ignore_value}"
         )
-
-
-def apply_label_map(
-    labels: np.ndarray, label_map: Mapping[int, int], *, path: str = "<array>"
-) -> np.ndarray:
-    """Translate raw mask values to class ids.
-
-    Args:
-        labels: integer array of raw values, any shape.
-        label_map: raw value -> class id (or the ignore value). Every raw value present in
-            ``labels`` must be a key.
-        path: file the labels came from, used in error messages.
-
-    Returns:
-        int64 array of the same shape with mapped values.
-    """
-    return _label_lut(label_map, _present_values(labels), path=path)[labels]
 
 
 def check_label_values(

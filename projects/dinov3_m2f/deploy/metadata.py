@@ -21,6 +21,8 @@ FORMAT_VERSION = 1
 INPUT_DTYPES = ("uint8", "float32")
 # The value range of the image input, whatever its dtype.
 INPUT_RANGE = (0, 255)
+# Channels of the RGB input.
+RGB_CHANNELS = 3
 _REQUIRED = ("format_version", "class_names", "input", "dynamic")
 
 

@@ -9,13 +9,11 @@ from torch import nn
 
 from ..layers import MSDeformAttn
 from ..modeling.semantic_inference import semantic_probs
+from .metadata import RGB_CHANNELS
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["SemSegExportModule", "deform_attn_impl"]
-
-# Channels of the RGB input.
-RGB_CHANNELS = 3
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..windows import sliding_windows
-from .metadata import METADATA_KEY, parse_metadata
+from .metadata import METADATA_KEY, RGB_CHANNELS, parse_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,6 @@ __all__ = ["OnnxSemSegmenter"]
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 PROBS_OUTPUT = "probs"
 _ORT_INPUT_DTYPES = {"tensor(uint8)": np.uint8, "tensor(float)": np.float32}
-_RGB_CHANNELS = 3
 
 
 class OnnxSemSegmenter:
@@ -91,7 +90,7 @@ class OnnxSemSegmenter:
         Returns:
             float32 [B, C, H, W].
         """
-        if images.ndim != 4 or images.shape[1] != _RGB_CHANNELS:
+        if images.ndim != 4 or images.shape[1] != RGB_CHANNELS:
             raise ValueError(f"images must be [B, 3, H, W] RGB, got shape {images.shape}")
         if self.fixed_size is not None and tuple(images.shape[2:]) != self.fixed_size:
             raise ValueError(
@@ -120,7 +119,7 @@ class OnnxSemSegmenter:
         Returns:
             float32 [C, H, W].
         """
-        if image.ndim != 3 or image.shape[2] != _RGB_CHANNELS or image.dtype != np.uint8:
+        if image.ndim != 3 or image.shape[2] != RGB_CHANNELS or image.dtype != np.uint8:
             raise ValueError(f"image must be RGB uint8 [H, W, 3], got {image.dtype} {image.shape}")
         batch = image.transpose(2, 0, 1)[None]  # [1, 3, H, W]
         if crop_size is None:

@@ -14,10 +14,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-__all__ = ["LinearHead"]
+from .upernet import CLASSIFIER_INIT_STD
 
-# Std of the normal init of the 1x1 classifier (small logits at start => near-uniform softmax).
-CLASSIFIER_INIT_STD = 0.01
+__all__ = ["LinearHead"]
 
 
 class LinearHead(nn.Module):
