@@ -1,9 +1,6 @@
-# ADE20K evaluation of the released DINOv3 ViT-7B/16 + Mask2Former segmentor (--eval-only):
-#   python tools/train_net.py --config-file configs/ade20k/m2f_vit7b16_official_head_eval.py \
-#       --eval-only model.backbone.weights=<7B backbone .pth> train.init_checkpoint=<head .pth>
-# train.init_checkpoint is the released adapter+head converted to our key names:
-#   python tools/convert_weights.py dinov3_vit7b16_ade20k_m2f_head.pth \
-#       checkpoints/dinov3_vit7b16_ade20k_m2f_converted.pth
+# ADE20K evaluation of the released DINOv3 ViT-7B/16 + Mask2Former segmentor; its adapter+head
+# converted by tools/convert_weights.py (README: "The released DINOv3 segmentation head"):
+#   --eval-only model.backbone.weights=<7B backbone .pth> train.init_checkpoint=<converted head>
 from detectron2.config import LazyCall as L
 
 from dinov3_m2f.d2 import dinov3_pyramid_shape
