@@ -5,8 +5,10 @@ from pathlib import Path
 
 import torch
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
-TOOLS = Path(__file__).parent.parent / "tools"
+REPO = str(Path(__file__).resolve().parent.parent)
+FIXTURES = os.path.join(REPO, "tests", "fixtures")
+TOOLS = Path(REPO) / "tools"
+DEV = Path(REPO) / "dev"
 # Tolerance of the ViT outputs in tests/fixtures/README.md (>= 15x the measured fp32 noise).
 PARITY_ATOL = 1e-4
 
@@ -16,9 +18,9 @@ def load_vit_fixture(name):
     return torch.load(os.path.join(FIXTURES, f"dinov3_vit_{name}.pt"), weights_only=True)
 
 
-def load_tool(name):
-    """Import ``tools/<name>.py`` as a module (the tools are scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
+def load_tool(name, *, folder=TOOLS):
+    """Import ``<folder>/<name>.py`` (default: ``tools/``) as a module (scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(folder) / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -81,7 +83,7 @@ def write_hf_directory(directory, state_dict, *, config=None, num_shards=1):
 
     from safetensors.torch import save_file
 
-    from dinov3_m2f.modeling.dinov3 import convert_to_hf_state_dict
+    from dinov3_m2f.weights import convert_to_hf_state_dict
 
     os.makedirs(directory, exist_ok=True)
     hf_sd = convert_to_hf_state_dict(state_dict, layer_prefix="model.layer.")

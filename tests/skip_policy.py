@@ -1,4 +1,4 @@
-"""pytest option ``--only-cuda-skips`` (set by ``tools/run_tests.sh``): the run fails when a test or
+"""pytest option ``--only-cuda-skips`` (set by ``dev/run_tests.sh``): the run fails when a test or
 a test module was skipped for any reason but a missing CUDA GPU.
 
 A skip is allowed when its reason contains ``CUDA GPU`` (``"needs a CUDA GPU"``, ``"needs two CUDA

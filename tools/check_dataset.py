@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image
 
 from dinov3_m2f.data.checks import DatasetReport, Problem, check_dataset, format_histogram, pair_files
-from dinov3_m2f.data.io import IGNORE_VALUE, read_image_and_mask
+from dinov3_m2f.data.masks import IGNORE_VALUE, read_image_and_mask
 from dinov3_m2f.data.visualize import class_colors, draw_overlay
 
 logger = logging.getLogger("check_dataset")

@@ -23,7 +23,7 @@ and refuses anything else before it runs, or a ``.pth``). Its transformer decode
 decoder (deformable encoder, FPN output convolution, mask features) map onto our head; the
 modules that read backbone features (input projections, FPN laterals: their channels are the
 original backbone's), the original backbone and whatever else does not fit are skipped and
-listed (see ``dinov3_m2f.modeling.mask2former_weights``). With ``--config-file`` the keys are also
+listed (see ``dinov3_m2f.weights.mask2former``). With ``--config-file`` the keys are also
 checked against that config's head: a key it lacks or with another shape (``class_embed`` for
 another class count) is skipped. Output: ``{"model": sem_seg_head.* tensors, "checkpoint_kind":
 "partial", "converted_from": "mask2former", "skipped": {original key: reason},
@@ -50,15 +50,16 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from dinov3_m2f.data.files import MAX_LISTED
+from dinov3_m2f.listing import MAX_LISTED
 from dinov3_m2f.modeling.class_merge import OLD_TO_NEW_KEY, load_class_merge
-from dinov3_m2f.modeling.mask2former_weights import Mask2FormerConversion, convert_mask2former_state_dict
-from dinov3_m2f.modeling.official_weights import (
+from dinov3_m2f.weights.mask2former import Mask2FormerConversion, convert_mask2former_state_dict
+from dinov3_m2f.weights.official_head import (
     BACKBONE_PREFIX,
     convert_official_head_state_dict,
     convert_official_segmentor_state_dict,
 )
-from dinov3_m2f.utils import PICKLE_EXTENSIONS, atomic_torch_save, safe_numpy_pickle_load, safe_torch_load
+from dinov3_m2f.weights.files import PICKLE_EXTENSIONS, safe_numpy_pickle_load, safe_torch_load
+from dinov3_m2f.atomic_files import atomic_torch_save
 
 logger = logging.getLogger("convert_weights")
 

@@ -17,7 +17,7 @@ import sys
 from typing import Optional, Sequence
 
 from dinov3_m2f.data.files import datasets_root
-from dinov3_m2f.data.io import convert_label_pngs, shifted_label_map
+from dinov3_m2f.data.masks import convert_label_pngs, shifted_label_map
 
 logger = logging.getLogger("prepare_ade20k")
 

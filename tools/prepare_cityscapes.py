@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 from detectron2.data.datasets.builtin_meta import CITYSCAPES_CATEGORIES
 
 from dinov3_m2f.data.files import datasets_root, list_files
-from dinov3_m2f.data.io import IGNORE_VALUE, convert_label_pngs
+from dinov3_m2f.data.masks import IGNORE_VALUE, convert_label_pngs
 
 logger = logging.getLogger("prepare_cityscapes")
 

@@ -54,7 +54,7 @@ from dinov3_m2f.d2.hooks import BestCheckpointer, EarlyStopping, SegEvalHook, Se
 from dinov3_m2f.d2.trainer import SegTrainer, resolve_device
 from dinov3_m2f.modeling.torch_compile import compile_parts
 from dinov3_m2f.training import frozen_state_prefixes, set_trainable
-from dinov3_m2f.utils import drop_metrics_from
+from dinov3_m2f.metrics_log import drop_metrics_from
 
 logger = logging.getLogger("detectron2")
 

@@ -1,4 +1,4 @@
-"""Measuring helpers shared by the benchmark tools (``tools/benchmark*.py``, ``tools/gpu_check.py``).
+"""Measuring helpers shared by the benchmark tools (``dev/benchmark*.py``, ``dev/gpu_check.py``).
 
 Device and dtype names, timed loops, peak memory, a description of the machine, and the Markdown
 and JSON output the tools print and write. Plain PyTorch: nothing here imports detectron2, so the
@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 import torch
 
-from .utils import atomic_open
+from .atomic_files import atomic_open
 
 __all__ = [
     "AMP_FLAGS",
@@ -264,7 +264,7 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> s
 
 
 def write_records(path: Optional[str], records: Sequence[Mapping[str, Any]]) -> None:
-    """Write the measured records as a JSON list (for ``--json``; ``tools/gpu_check.py`` reads
+    """Write the measured records as a JSON list (for ``--json``; ``dev/gpu_check.py`` reads
     them). Does nothing when ``path`` is None. The file is replaced whole (atomically) each time,
     so a tool can call this after every row and a crash later keeps what was measured.
     """

@@ -5,7 +5,7 @@ from typing import List, Optional, Sequence
 
 from torch import nn
 
-from .data.files import MAX_LISTED
+from .listing import MAX_LISTED
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Expects ``$DETECTRON2_DATASETS/LoveDA/{Train,Val,Test}/{Urban,Rural}/{images_png
 ``loveda_sem_seg_test`` has no masks (predictions go to the LoveDA server), so the evaluator
 uses ``loveda_sem_seg_val``.
 """
-from dinov3_m2f.d2.datasets import LOVEDA_LABEL_MAP
+from dinov3_m2f.data.loveda import LOVEDA_LABEL_MAP
 
 from .sem_seg import dataloader
 

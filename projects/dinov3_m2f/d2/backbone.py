@@ -10,7 +10,8 @@ from detectron2.utils import comm
 from torch import nn
 
 from dinov3_m2f.modeling.adapter import OUT_STRIDES, SIZE_DIVISIBILITY, DINOv3Adapter
-from dinov3_m2f.modeling.dinov3 import build_frozen_dinov3, get_interaction_indexes
+from dinov3_m2f.modeling.dinov3 import get_interaction_indexes
+from dinov3_m2f.weights import build_frozen_dinov3
 
 __all__ = [
     "D2DINOv3Backbone",

@@ -16,7 +16,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
 from dinov3_m2f.training import frozen_state_prefixes
-from dinov3_m2f.utils import atomic_open, describe_key_mismatch, load_checkpoint_file, save_finite
+from dinov3_m2f.atomic_files import atomic_open
+from dinov3_m2f.weights.files import describe_key_mismatch, load_checkpoint_file, save_finite
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.builtin_meta import ADE20K_SEM_SEG_CATEGORIES, CITYSCAPES_CATEGORIES
 
 from dinov3_m2f.data.files import datasets_root, load_split_dicts
-from dinov3_m2f.data.io import IGNORE_VALUE, shifted_label_map
+from dinov3_m2f.data.loveda import LOVEDA_CLASSES, LOVEDA_COLORS, LOVEDA_DOMAINS, LOVEDA_LABEL_MAP
+from dinov3_m2f.data.masks import IGNORE_VALUE
 from dinov3_m2f.data.synthetic import (
     CACHE_DIR_NAME,
     SYNTHETIC_CLASSES,
@@ -30,21 +31,12 @@ from dinov3_m2f.data.visualize import class_colors
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "LOVEDA_CLASSES",
-    "LOVEDA_COLORS",
-    "LOVEDA_LABEL_MAP",
     "add_builtin_colors",
     "register_all_loveda",
     "register_all_synthetic",
     "register_folder_dataset",
 ]
 
-# The synthetic dataset mirrors LoveDA's classes and palette.
-LOVEDA_CLASSES = SYNTHETIC_CLASSES
-LOVEDA_COLORS = SYNTHETIC_COLORS
-# LoveDA mask files: 0 = no-data (ignored), 1..7 = the classes above.
-LOVEDA_LABEL_MAP = shifted_label_map(len(LOVEDA_CLASSES))
-LOVEDA_DOMAINS = ("Urban", "Rural")
 
 def _register(
     name: str,

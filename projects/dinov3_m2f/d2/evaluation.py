@@ -14,9 +14,9 @@ import torch.utils.data as torchdata
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
 from detectron2.evaluation import SemSegEvaluator
 
-from dinov3_m2f.data.files import MAX_LISTED
+from dinov3_m2f.listing import MAX_LISTED
 from dinov3_m2f.data.image import UnreadableImageError
-from dinov3_m2f.data.io import read_mask_for_image
+from dinov3_m2f.data.masks import read_mask_for_image
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from detectron2.data import transforms as T
 
 from dinov3_m2f.data.bad_samples import BadSampleSkipper
 from dinov3_m2f.data.image import read_image
-from dinov3_m2f.data.io import read_image_and_mask
+from dinov3_m2f.data.masks import read_image_and_mask
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class SemSegDatasetMapper:
 
     Files are read as everywhere else in the project: images with
     :func:`dinov3_m2f.data.image.read_image` and, in training, masks lined up with them by
-    :func:`dinov3_m2f.data.io.read_image_and_mask` (EXIF policy, channels, size, label values;
+    :func:`dinov3_m2f.data.masks.read_image_and_mask` (EXIF policy, channels, size, label values;
     errors name the file). In training a sample that fails to read is retried once, then skipped
     with a warning (``None`` is returned: the training stream takes another sample); one skip
     more than ``max_bad_samples`` (counted per process / data-loading worker) raises

@@ -2,7 +2,7 @@
 from .bad_samples import BadSampleSkipper, TooManyBadSamplesError
 from .files import FilePairing, datasets_root, pair_image_mask_files
 from .image import ImageHeader, UnreadableImageError, read_image, read_image_header
-from .io import (
+from .masks import (
     IGNORE_VALUE,
     MASK_FORMAT_HINT,
     check_label_values,

@@ -7,7 +7,7 @@ pause), then the sample is skipped with a warning naming it; once more than ``ma
 samples have been skipped, :class:`TooManyBadSamplesError` stops training with the list.
 
 Wrap only the reading of the sample's files (e.g.
-:func:`~dinov3_m2f.data.io.read_image_and_mask`), so that every error caught is about those files:
+:func:`~dinov3_m2f.data.masks.read_image_and_mask`), so that every error caught is about those files:
 the readers raise ``OSError`` or ``ValueError`` naming the file, and nothing else is caught.
 The count is per process: each data loading worker keeps its own.
 """

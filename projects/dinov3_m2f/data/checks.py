@@ -6,7 +6,7 @@ labelled, ``sem_seg_file_name``): unreadable or refused images, unreadable or mu
 and label values that are neither a class id nor the ignore value (after the dataset's
 ``label_map``). It also notes what is worth a look without being wrong (EXIF-rotated images and
 which size their mask matched, 16-bit images) and counts the pixels of every class. Images and
-masks are read with :mod:`dinov3_m2f.data.image` and :mod:`dinov3_m2f.data.io`, so the checks and
+masks are read with :mod:`dinov3_m2f.data.image` and :mod:`dinov3_m2f.data.masks`, so the checks and
 their messages are the ones training and evaluation apply.
 
 :func:`check_dataset` (``tools/check_dataset.py``) runs it on every sample, decoding every image;
@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from .files import IMAGE_SUFFIXES, MASK_SUFFIX, duplicate_message, pair_image_mask_files
 from .image import ImageHeader, UnreadableImageError, read_image_and_header, read_image_header
-from .io import IGNORE_VALUE, MASK_STORED, check_label_values, mask_alignment, read_label_mask
+from .masks import IGNORE_VALUE, MASK_STORED, check_label_values, mask_alignment, read_label_mask
 
 logger = logging.getLogger(__name__)
 

@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from ..listing import short_list
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -21,7 +23,6 @@ __all__ = [
     "INPUT_IMAGE_SUFFIXES",
     "collect_image_files",
     "MASK_SUFFIX",
-    "MAX_LISTED",
     "FilePairing",
     "datasets_root",
     "duplicate_message",
@@ -35,7 +36,6 @@ MASK_SUFFIX = ".png"
 # Files the inference tools take from an input folder.
 INPUT_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # How many files (or values) one error or warning message lists.
-MAX_LISTED = 10
 
 
 def datasets_root() -> str:
@@ -199,11 +199,6 @@ def collect_image_files(patterns: Sequence[str]) -> List[str]:
     return files
 
 
-def _listing(paths: Sequence[str]) -> str:
-    shown = ", ".join(paths[:MAX_LISTED])
-    return shown + (f", ... ({len(paths)} files)" if len(paths) > MAX_LISTED else "")
-
-
 def load_split_dicts(
     splits: Sequence[Tuple[str, Optional[str]]],
     *,
@@ -236,13 +231,13 @@ def load_split_dicts(
         if without_mask:
             raise ValueError(
                 f"{len(without_mask)} images have no mask (*.png with the same name) in "
-                f"{mask_dir}: {_listing(without_mask)}; expected layout: {layout}"
+                f"{mask_dir}: {short_list(without_mask, noun='files')}; expected layout: {layout}"
             )
         without_image = [pairing.masks[k] for k in pairing.masks_without_image]
         if without_image:
             raise ValueError(
                 f"{len(without_image)} masks have no image in {image_dir}: "
-                f"{_listing(without_image)}; expected layout: {layout}"
+                f"{short_list(without_image, noun='files')}; expected layout: {layout}"
             )
         dicts.extend(pairing.dataset_dicts())
     logger.info("Loaded %d images from %s", len(dicts), ", ".join(d for d, _ in splits))

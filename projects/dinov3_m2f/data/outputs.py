@@ -17,9 +17,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..utils import atomic_open
+from ..atomic_files import atomic_open
 from .image import UnreadableImageError, read_image
-from .io import IGNORE_VALUE, write_label_png
+from .masks import IGNORE_VALUE, write_label_png
 from .visualize import class_colors, draw_overlay
 
 logger = logging.getLogger(__name__)

@@ -22,9 +22,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..utils import atomic_open
+from ..atomic_files import atomic_open
 from .checks import Problem, SampleCheck, check_sample, map_with_progress, validate_dataset_dicts
-from .io import IGNORE_VALUE
+from .masks import IGNORE_VALUE
 
 logger = logging.getLogger(__name__)
 

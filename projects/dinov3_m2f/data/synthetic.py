@@ -38,7 +38,8 @@ import cv2
 import numpy as np
 
 from .files import datasets_root
-from .io import IGNORE_VALUE
+from .loveda import LOVEDA_CLASSES, LOVEDA_COLORS
+from .masks import IGNORE_VALUE
 
 logger = logging.getLogger(__name__)
 
@@ -59,17 +60,9 @@ __all__ = [
     "render_synthetic_sample",
 ]
 
-SYNTHETIC_CLASSES = ("background", "building", "road", "water", "barren", "forest", "agriculture")
-# LoveDA's usual visualization palette (RGB), one colour per class above.
-SYNTHETIC_COLORS = (
-    (255, 255, 255),
-    (255, 0, 0),
-    (255, 255, 0),
-    (0, 0, 255),
-    (159, 129, 183),
-    (0, 255, 0),
-    (255, 195, 128),
-)
+# The synthetic scenes mimic LoveDA: its classes and palette.
+SYNTHETIC_CLASSES = LOVEDA_CLASSES
+SYNTHETIC_COLORS = LOVEDA_COLORS
 SPLITS = ("train", "val")
 MANIFEST_NAME = "manifest.json"
 CACHE_DIR_NAME = "dinov3_m2f_synthetic"

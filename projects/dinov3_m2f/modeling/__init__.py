@@ -10,19 +10,12 @@ from .dinov3 import (
     NORMALIZATION,
     DinoVisionTransformer,
     build_dinov3,
-    build_frozen_dinov3,
     get_interaction_indexes,
     get_normalization,
-    load_dinov3_weights,
 )
 from .heads import LinearHead, UPerNetHead
 from .mask2former_head import Mask2FormerHead, official_dinov3_head_kwargs
 from .matcher import HungarianMatcher
-from .official_weights import (
-    convert_official_head_state_dict,
-    convert_official_segmentor_state_dict,
-    load_converted_state_dict,
-)
 from .pixel_decoder import MSDeformAttnPixelDecoder
 from .pixel_losses import PixelSegmentationLoss
 from .semantic_inference import semantic_probs, slide_inference, tta_inference

@@ -16,7 +16,7 @@ __all__ = ["MSDeformAttnPixelDecoder", "MSDeformAttnEncoderLayer"]
 # Number of pixel-decoder levels handed to the transformer decoder (coarsest first).
 NUM_OUTPUT_LEVELS = 3
 # Whether the pixel decoder leaves autocast and runs in float32 when ``force_fp32`` is None, per
-# device type; measured with tools/benchmark_official.py (docs/benchmarks.md, "bf16 on the CPU").
+# device type; measured with dev/benchmark_official.py (docs/benchmarks.md, "bf16 on the CPU").
 # CPU: no. Under bf16 autocast at ViT-S / hidden 256 / 512x512 the whole model ran 1.4-1.5x
 # faster with the pixel decoder under autocast than in float32, and its outputs moved from the
 # float32 ones about as far as the official segmentor's do under bf16 (1.4x the float32 pixel
