@@ -1,4 +1,4 @@
-"""Config values are checked when the config loads (issue 12, item 6): types and ranges of
+"""Config values are checked when the config loads: types and ranges of
 ``train.*`` and the data fields, with errors naming the key; class names agree with
 ``num_classes``. The schema itself is core (OmegaConf only); the last tests load real configs."""
 import os

@@ -151,7 +151,7 @@ def test_with_cp_override_reaches_every_extractor():
 
 
 def test_7b_eval_config_fits_its_memory_target():
-    # issue 13: 7B inference fits in 40 GB with bf16 frozen weights, measured on one window
+    # the GPU target: 7B inference fits in 40 GB with bf16 frozen weights, measured on one window
     model_cfg = LazyConfig.load(SEVEN_B_EVAL_CONFIG).model
     assert resolve_frozen_dtype(model_cfg.backbone.vit_dtype) == torch.bfloat16
     assert model_cfg.slide_batch == 1

@@ -1,4 +1,4 @@
-"""Divergence is named (issue 12, item 5): non-finite predictions or losses stop training with
+"""Divergence is named: non-finite predictions or losses stop training with
 ``FloatingPointError`` before the matcher runs, naming the iteration and the likely causes, and
 nothing non-finite is ever saved."""
 import os

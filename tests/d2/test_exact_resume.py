@@ -1,4 +1,4 @@
-"""Resume is exact (issue 12, item 4): kill -9 of a CPU training run, then ``--resume``, ends with
+"""Resume is exact: kill -9 of a CPU training run, then ``--resume``, ends with
 the weights of an uninterrupted run; ``last_checkpoint`` never names the best checkpoint;
 ``metrics.json`` continues without a gap or a repeat; ``--resume`` without a checkpoint says so."""
 import argparse

@@ -1,4 +1,4 @@
-"""Initialisation is strict by default (issue 12, item 3): an init checkpoint that leaves
+"""Initialisation is strict by default: an init checkpoint that leaves
 trainable weights unset or has unexpected keys fails before iteration 0 and lists them;
 ``train.init_partial=True`` loads the matching weights and logs exactly what was skipped (another
 ``num_classes``, backbone and adapter only, another project's head)."""

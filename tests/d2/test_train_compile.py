@@ -1,7 +1,7 @@
 """``train.compile``: the backbone and head of a config's model compiled in place, for training,
 evaluation and the predictor, on the tiny synthetic config.
 
-Compiled with the ``aot_eager`` backend (Dynamo + AOTAutograd, as tests/test_torch_compile.py):
+Compiled with the ``aot_eager`` backend (Dynamo + AOTAutograd, as tests/modeling/test_torch_compile.py):
 what the switch wires up, without minutes in Inductor's C++ compiler. The Inductor speed-up is
 measured by ``dev/benchmark.py --opts train.compile=True`` (docs/benchmarks.md).
 """

@@ -1,4 +1,4 @@
-"""The training data stream (issue 12, items 2 and 4): its order and augmentation randomness are
+"""The training data stream: its order and augmentation randomness are
 functions of the seed and the sample position, so a resumed run, a run with data-loading workers
 and a run on several processes see the same samples; the training loader scans the dataset
 before iteration 0 (cached) and skips a sample that fails to read during training, up to a bound."""

@@ -391,3 +391,29 @@ def test_package_imports_without_extension():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+# Positional arguments of ms_deform_attn after ``value``.
+OP_ARGUMENTS = ["spatial_shapes", "level_start_index", "sampling_locations", "attention_weights"]
+
+
+@requires_cuda
+@pytest.mark.parametrize("index, name", list(enumerate(OP_ARGUMENTS, start=1)))
+@pytest.mark.parametrize("impl", ["compiled", "auto"])
+def test_cuda_op_rejects_an_argument_on_another_device(index, name, impl):
+    if not _extension.is_available():
+        pytest.fail(f"dinov3_m2f._C is not built: {_extension._LOAD_ERROR}")
+    inputs = list(make_inputs(SHAPES[1], dtype=torch.float32, device="cuda"))
+    inputs[index] = inputs[index].cpu()
+    with pytest.raises(RuntimeError, match=f"{name} is on cpu but value is on cuda"):
+        ms_deform_attn(*inputs, impl=impl)
+
+
+@requires_cuda
+def test_cuda_op_rejects_value_on_cpu():
+    if not _extension.is_available():
+        pytest.fail(f"dinov3_m2f._C is not built: {_extension._LOAD_ERROR}")
+    inputs = list(make_inputs(SHAPES[1], dtype=torch.float32, device="cuda"))
+    inputs[0] = inputs[0].cpu()
+    with pytest.raises(RuntimeError, match="is on cuda:0 but value is on cpu"):
+        ms_deform_attn(*inputs, impl="compiled")

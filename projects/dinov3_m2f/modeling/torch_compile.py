@@ -12,7 +12,7 @@ __all__ = ["COMPILED_PARTS", "compile_kwargs", "compile_parts"]
 logger = logging.getLogger(__name__)
 
 # The parts of a meta-architecture that are compiled. Each traces into one graph with the
-# compiled op (tests/test_torch_compile.py); the rest stays eager: detectron2's input handling and
+# compiled op (tests/modeling/test_torch_compile.py); the rest stays eager: detectron2's input handling and
 # the criterion's scipy matcher would break the graph.
 COMPILED_PARTS = ("backbone", "sem_seg_head")
 CompileSetting = Union[bool, None, Mapping[str, Any]]

@@ -1,5 +1,5 @@
 """Fault matrix (docs/reliability.md), rows that need no detectron2: atomic checkpoint writes,
-a full disk, untrusted pickles in weight files, op device mismatches on CUDA."""
+a full disk, untrusted pickles in weight files."""
 import errno
 import os
 import pickle
@@ -8,18 +8,12 @@ import stat
 import pytest
 import torch
 from helpers import load_tool, load_vit_fixture, write_code_executing_checkpoint
-from test_ms_deform_attn_op import SHAPES, make_inputs
 
-from dinov3_m2f.layers import _extension
-from dinov3_m2f.layers.ms_deform_attn_func import ms_deform_attn
 from dinov3_m2f.modeling.dinov3 import build_dinov3, kwargs_from_official_config
 from dinov3_m2f.weights import load_dinov3_weights
 from dinov3_m2f import atomic_files
 from dinov3_m2f.atomic_files import atomic_open, atomic_torch_save
 
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-# Positional arguments of ms_deform_attn after ``value``.
-OP_ARGUMENTS = ["spatial_shapes", "level_start_index", "sampling_locations", "attention_weights"]
 
 
 class _SimulatedCrash(RuntimeError):
@@ -138,25 +132,3 @@ def test_payload_really_runs_code_when_unpickled(tmp_path):
     with open(path, "rb") as f:
         pickle.load(f)
     assert marker.exists()
-
-
-@requires_cuda
-@pytest.mark.parametrize("index, name", list(enumerate(OP_ARGUMENTS, start=1)))
-@pytest.mark.parametrize("impl", ["compiled", "auto"])
-def test_cuda_op_rejects_an_argument_on_another_device(index, name, impl):
-    if not _extension.is_available():
-        pytest.fail(f"dinov3_m2f._C is not built: {_extension._LOAD_ERROR}")
-    inputs = list(make_inputs(SHAPES[1], dtype=torch.float32, device="cuda"))
-    inputs[index] = inputs[index].cpu()
-    with pytest.raises(RuntimeError, match=f"{name} is on cpu but value is on cuda"):
-        ms_deform_attn(*inputs, impl=impl)
-
-
-@requires_cuda
-def test_cuda_op_rejects_value_on_cpu():
-    if not _extension.is_available():
-        pytest.fail(f"dinov3_m2f._C is not built: {_extension._LOAD_ERROR}")
-    inputs = list(make_inputs(SHAPES[1], dtype=torch.float32, device="cuda"))
-    inputs[0] = inputs[0].cpu()
-    with pytest.raises(RuntimeError, match="is on cuda:0 but value is on cpu"):
-        ms_deform_attn(*inputs, impl="compiled")
