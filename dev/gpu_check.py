@@ -29,8 +29,9 @@ The model steps use the plain-PyTorch core and import nothing from detectron2, s
 on a bare GPU image (Python, torch, scipy, pytest) plus the core's pure-Python dependency fvcore
 (with iopath, yacs and termcolor), carried as wheels, e.g. prepared here with
 ``python3 -m pip wheel --no-deps -w .whl fvcore iopath yacs termcolor`` and installed there with
-``pip install --no-index --no-deps --target /tmp/site .whl/*.whl`` + ``PYTHONPATH=/tmp/site``. Targets are checked in the results
-file, not by the exit code: the exit code is 1 when a step failed, else 0.
+``pip install --no-index --no-deps --target /tmp/site .whl/*.whl`` + ``PYTHONPATH=/tmp/site``.
+Targets are checked in the results file, not by the exit code: the exit code is 1 when a step
+failed, else 0.
 
 --dry-run runs the same steps on the CPU with tiny shapes and few iterations (about a minute):
 the build step only checks that the extension is importable, CUDA tests skip themselves, the

@@ -28,11 +28,13 @@ def add_run_options(
         parser.add_argument("--warmup", type=int, default=warmup, help="untimed calls (or rounds) before timing")
     if iters is not None:
         parser.add_argument("--iters", type=int, default=iters, help="timed calls (or rounds)")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op CPU threads (default: torch's choice)")
     parser.add_argument("--date", default=None, help="date in the rows (default: today)")
     parser.add_argument("--machine", default=None,
                         help="machine in the rows (default: from the system, with its load average)")
-    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON records (dev/gpu_check.py reads them)")
+    parser.add_argument("--json", metavar="PATH",
+                        help="also write the figures as JSON records (dev/gpu_check.py reads them)")
 
 
 def parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]], *,

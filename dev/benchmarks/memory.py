@@ -135,9 +135,10 @@ def _segmentation_stack(tiny: bool, with_cp: bool):
     from dinov3_m2f.weights import build_frozen_dinov3
 
     if tiny:
-        return build_tiny_segmentor(build_frozen_dinov3(None, init_seed=0, **TINY_VIT), num_classes=NUM_CLASSES,
-                                    with_cp=with_cp)
-    return build_segmentor(build_frozen_dinov3("vits16", init_seed=0), interaction_indexes=get_interaction_indexes("vits16"),
+        vit = build_frozen_dinov3(None, init_seed=0, **TINY_VIT)
+        return build_tiny_segmentor(vit, num_classes=NUM_CLASSES, with_cp=with_cp)
+    vit = build_frozen_dinov3("vits16", init_seed=0)
+    return build_segmentor(vit, interaction_indexes=get_interaction_indexes("vits16"),
                            head_kwargs=dict(hidden_dim=HEAD_HIDDEN, num_classes=NUM_CLASSES), with_cp=with_cp)
 
 
@@ -289,8 +290,8 @@ def run_load(args: argparse.Namespace) -> None:
                     if release == "on":
                         worst[dtype] = max(worst.get(dtype, 0.0), ratio)
                     print(f"| {preset} | {fmt} | {dtype} | {release} | {stats['weights_mib']:.0f} "
-                          f"| {stats['peak_mib']:.0f} | {ratio:.3f} | {stats['anon_mib']:.0f} | {stats['file_mib']:.0f} "
-                          f"| {stats['seconds']:.1f} |", flush=True)
+                          f"| {stats['peak_mib']:.0f} | {ratio:.3f} | {stats['anon_mib']:.0f} "
+                          f"| {stats['file_mib']:.0f} | {stats['seconds']:.1f} |", flush=True)
     if not args.keep:
         shutil.rmtree(args.workdir)
     for dtype, ratio in ({} if args.eager else worst).items():

@@ -3,8 +3,9 @@ Deformable-DETR kernel, when one is given).
 
 Prints a Markdown table: implementation x shape -> forward ms, backward ms, forward+backward ms,
 peak memory (median of ``--iters`` calls after ``--warmup`` calls; the implementations take turns
-call by call; CUDA calls are timed with CUDA events). Forward runs under ``no_grad``; backward is the backward pass alone (value, sampling
-locations and attention weights) over a retained forward graph; fwd+bwd is both.
+call by call; CUDA calls are timed with CUDA events). Forward runs under ``no_grad``; backward is
+the backward pass alone (value, sampling locations and attention weights) over a retained forward
+graph; fwd+bwd is both.
 
 Shapes follow the model at a given input size (see docs/benchmarks.md):
   pixel-decoder: Q = S = (H/8 * W/8) + (H/16 * W/16) + (H/32 * W/32), 8 heads x 32 ch, 3 levels, 4 points
