@@ -15,7 +15,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_FILES = ["tests/layers/test_ms_deform_attn_op.py", "tests/layers/test_ms_deform_attn_module.py",
               "tests/weights/test_reliability_core.py"]
 # Expected wall time of each step on one H200 and its hard limit, in seconds. Expected: about
-# 460 s in all (400 s without d2-vitl), inside DEFAULT_TIME_LIMIT_S; the steps run in this order,
+# 460 s in all (400 s without d2-vitl), inside gpu_check.DEFAULT_TIME_LIMIT_S; the steps run in this order,
 # so a slow start leaves out the last ones (compile, d2-vitl) first.
 STEP_TIMES = {
     # nvcc on one .cu file (4 dtypes, one architecture) beside two C++ files, in parallel
@@ -102,13 +102,14 @@ class Step:
 
 @dataclass
 class Context:
+    """What the steps and the results file need to know of this run."""
+
     args: argparse.Namespace
     work: str  # temporary folder for the steps' record files
     machine: str
     torch_version: str
     cuda: str
     date: str = field(default_factory=lambda: datetime.date.today().isoformat())
-
 
 
 def run_text(command: List[str]) -> Optional[str]:
