@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared GPU check of issue 13: build the op for the visible GPU, run its CUDA tests,
+# The prepared GPU check: build the op for the visible GPU, run its CUDA tests,
 # benchmark the op and the model, write every figure as docs/benchmarks.md rows into
 # <out>/gpu_results.md. At most 8 minutes on one H200; needs no detectron2 and no install
 # (the package is used from this checkout). See dev/gpu_check.py for the steps.

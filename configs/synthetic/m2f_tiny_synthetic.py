@@ -6,16 +6,17 @@ from ..common.models.mask2former_dinov3 import model
 from ..common.optim import AdamW as optimizer
 from ..common.schedule import lr_multiplier
 from ..common.train import train
+from dinov3_m2f.modeling import segmentor
 
-# Model: 64-wide 4-block ViT, random init from a fixed seed (trainable-only checkpoints reproduce
-# the run), small adapter and head.
+# Model: the tiny model (64-wide 4-block ViT, small adapter and head; sizes in
+# dinov3_m2f/modeling/segmentor.py), random init from a fixed seed (trainable-only checkpoints
+# reproduce the run).
 model.num_classes = "${dataloader.train.mapper.num_classes}"
-model.backbone.update(preset=None, init_seed=0, interaction_indexes=[0, 1, 2, 3],
-                      vit_kwargs=dict(embed_dim=64, depth=4, num_heads=2, patch_size=16))
-model.backbone.adapter_kwargs.update(conv_inplane=16, deform_num_heads=4, drop_path_rate=0.0)
+model.backbone.update(preset=None, init_seed=0, interaction_indexes=list(segmentor.TINY_INTERACTION_INDEXES),
+                      vit_kwargs=dict(segmentor.TINY_VIT))
+model.backbone.adapter_kwargs.update(segmentor.TINY_ADAPTER)
 model.sem_seg_head.input_shape.channels = "${...backbone.vit_kwargs.embed_dim}"
-model.sem_seg_head.update(hidden_dim=64, num_queries=16, nheads=4, enc_dim_feedforward=128,
-                          dec_dim_feedforward=128, enc_layers=2, dec_layers=3)
+model.sem_seg_head.update(segmentor.TINY_HEAD)
 model.criterion.num_points = 2048
 
 # Training: CPU-friendly fp32, 400 iterations, 30 of them warmup, a from-scratch head at lr 1e-3.

@@ -1,7 +1,9 @@
-"""Measuring helpers shared by the benchmark tools (``dev/benchmark*.py``, ``dev/gpu_check.py``).
+"""Measuring helpers shared by the benchmarks (``dev/benchmark.py`` and its modes in
+``dev/benchmarks/``, ``dev/gpu_check.py``, ``tools/export_model.py --benchmark``).
 
-Device and dtype names, timed loops, peak memory, a description of the machine, and the Markdown
-and JSON output the tools print and write. Plain PyTorch: nothing here imports detectron2, so the
+Device and dtype names, timed loops (contenders alternated call by call), peak memory, a
+description of the machine with its load average, and the Markdown and JSON output the tools
+print and write. Plain PyTorch: nothing here imports detectron2, so the
 core-only tools run where detectron2 is not installed.
 """
 import ctypes
@@ -22,13 +24,16 @@ __all__ = [
     "DTYPES",
     "MemoryMeter",
     "MemoryPeak",
+    "Timings",
     "autocast",
     "describe_machine",
+    "load_average",
     "markdown_table",
     "median_ms",
     "parse_device",
     "random_label_maps",
     "synchronize",
+    "time_alternating",
     "time_ms",
     "write_records",
 ]
@@ -91,41 +96,78 @@ def autocast(device: torch.device, dtype: Optional[torch.dtype]) -> torch.autoca
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
-def time_ms(fn: Callable[[], Any], *, device: torch.device, warmup: int, iters: int) -> List[float]:
-    """Milliseconds of each of ``iters`` calls of ``fn`` after ``warmup`` untimed calls.
+@dataclass
+class Timings:
+    """Durations of the timed calls of one contender, in ms.
+
+    Attributes:
+        ms: CUDA: device time of each call (a pair of CUDA events around it); CPU: host wall time.
+        cpu_ms: process CPU time (all threads) of each call on the host; a busy shared machine
+            disturbs it less than the wall time.
+    """
+
+    ms: List[float]
+    cpu_ms: List[float]
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.ms)
+
+    @property
+    def median_cpu_ms(self) -> float:
+        return statistics.median(self.cpu_ms)
+
+
+def time_alternating(
+    contenders: Mapping[str, Callable[[], Any]], *, device: torch.device, warmup: int, iters: int
+) -> Dict[str, Timings]:
+    """Time contenders call by call in turn (A, B, A, B, ...), so that a change of the machine's
+    load during the run hits all of them alike.
 
     On CUDA each call is timed with a pair of CUDA events on the current stream (device time,
     launch gaps included, no host synchronisation between calls); on CPU with the host clock.
 
     Args:
-        fn: the work to time.
-        device: where ``fn`` runs.
-        warmup: untimed calls first (lazy initialisation, autotuning, allocator growth).
-        iters: timed calls.
+        contenders: name -> the work to time.
+        device: where the work runs.
+        warmup: untimed rounds first (lazy initialisation, autotuning, allocator growth).
+        iters: timed rounds.
 
     Returns:
-        ``iters`` durations in ms (take the median for a figure).
+        name -> :class:`Timings` of its ``iters`` calls (take the median for a figure).
     """
     if iters < 1 or warmup < 0:
         raise ValueError(f"iters must be >= 1 and warmup >= 0, got {iters} and {warmup}")
     for _ in range(warmup):
-        fn()
-    synchronize(device)
-    if device.type == "cuda":
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                  for _ in range(iters)]
-        for start, end in events:
-            start.record()
+        for fn in contenders.values():
             fn()
-            end.record()
-        synchronize(device)
-        return [start.elapsed_time(end) for start, end in events]
-    times = []
+    synchronize(device)
+    events = {name: [] for name in contenders}
+    timings = {name: Timings(ms=[], cpu_ms=[]) for name in contenders}
     for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return times
+        for name, fn in contenders.items():
+            start_cpu = time.process_time()
+            if device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                events[name].append((start, end))
+            else:
+                start_wall = time.perf_counter()
+                fn()
+                timings[name].ms.append((time.perf_counter() - start_wall) * 1e3)
+            timings[name].cpu_ms.append((time.process_time() - start_cpu) * 1e3)
+    synchronize(device)
+    for name, pairs in events.items():
+        timings[name].ms.extend(start.elapsed_time(end) for start, end in pairs)
+    return timings
+
+
+def time_ms(fn: Callable[[], Any], *, device: torch.device, warmup: int, iters: int) -> List[float]:
+    """Milliseconds of each of ``iters`` calls of ``fn`` after ``warmup`` untimed calls (one
+    contender of :func:`time_alternating`)."""
+    return time_alternating({"fn": fn}, device=device, warmup=warmup, iters=iters)["fn"].ms
 
 
 def median_ms(fn: Callable[[], Any], *, device: torch.device, warmup: int, iters: int) -> float:
@@ -241,12 +283,21 @@ def random_label_maps(
     return torch.stack(maps)
 
 
+def load_average() -> str:
+    """The 1-, 5- and 15-minute load averages as ``uptime`` prints them, e.g. ``"1.52 1.40 1.30"``."""
+    return " ".join(f"{load:.2f}" for load in os.getloadavg())
+
+
 def describe_machine(device: torch.device) -> str:
-    """E.g. ``"2-core x86_64 CPU, no GPU"`` or ``"NVIDIA H200, 16-core x86_64 CPU"``."""
+    """E.g. ``"2-core x86_64 CPU, no GPU, load 1.52 1.40 1.30"`` or ``"NVIDIA H200, 16-core x86_64
+    CPU, load 0.10 0.05 0.01"``: the load average (:func:`load_average`) when it is called, so
+    that a figure measured on a busy machine says so."""
     cpu = f"{os.cpu_count()}-core {platform.machine()} CPU"
     if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, {cpu}"
-    return cpu if torch.cuda.is_available() else f"{cpu}, no GPU"
+        machine = f"{torch.cuda.get_device_name(device)}, {cpu}"
+    else:
+        machine = cpu if torch.cuda.is_available() else f"{cpu}, no GPU"
+    return f"{machine}, load {load_average()}"
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:

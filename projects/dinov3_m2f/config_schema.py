@@ -234,26 +234,17 @@ def check_config(cfg: DictConfig, *, lookup: Callable[[str], Optional[Sequence[s
 
 
 def _accepted_kwargs(target) -> Optional[Set[str]]:
-    """Keyword names that the target of a LazyCall node accepts; None if it accepts any name.
-
-    For a class whose ``__init__`` forwards ``**kwargs`` to its base class, the names of the
-    bases' ``__init__`` are followed up the MRO until one takes no ``**kwargs``.
-    """
+    """Keyword names that the target of a LazyCall node accepts (for a class: its ``__init__``'s,
+    own or inherited); None when it takes ``**kwargs``. Such a node accepts any key here, and a
+    misspelt one fails, naming itself, when the node is instantiated."""
     if isinstance(target, str):
         target = pydoc.locate(target)
         if target is None:
             return None
-    if inspect.isclass(target):
-        functions: Sequence[Callable] = [c.__init__ for c in target.__mro__ if "__init__" in vars(c)]
-    else:
-        functions = [target]
-    names: Set[str] = set()
-    for function in functions:
-        params = inspect.signature(function).parameters.values()
-        names.update(p.name for p in params if p.kind in _NAMED_KINDS)
-        if not any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params):
-            return names
-    return None
+    params = inspect.signature(target).parameters.values()
+    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.kind in _NAMED_KINDS}
 
 
 def check_override_keys(cfg: DictConfig, overrides: Sequence[str], *, source: str = "the config") -> None:

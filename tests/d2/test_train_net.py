@@ -155,8 +155,8 @@ def test_trainer_steps_with_amp_and_clipping(amp_dtype):
 
 def test_unknown_override_key_is_named():
     cfg = LazyConfig.load(CONFIG)
-    # optional constructor arguments left at their default are accepted, also when the model's
-    # __init__ forwards **kwargs to its base class (test_mode is an argument of the base)
+    # optional constructor arguments left at their default are accepted, also those the model
+    # inherits from its base class (test_mode)
     check_override_keys(
         cfg, ["train.max_iter=3", "model.sem_seg_head.dropout=0.1", "model.test_mode=slide"]
     )

@@ -1,4 +1,4 @@
-"""dev/benchmark_memory.py runs end to end (tiny sizes; the figures themselves are in docs/benchmarks.md)."""
+"""dev/benchmark.py memory runs end to end (tiny sizes; the figures themselves are in docs/benchmarks.md)."""
 import os
 import subprocess
 import sys
@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from helpers import REPO  # noqa: E402
-TOOL = os.path.join(REPO, "dev", "benchmark_memory.py")
+TOOL = os.path.join(REPO, "dev", "benchmark.py")
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status (Linux)")
 
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="re
 def _run(*args):
     path = os.pathsep.join([os.path.join(REPO, "projects"), os.environ.get("PYTHONPATH", "")])
     env = dict(os.environ, PYTHONPATH=path)
-    done = subprocess.run([sys.executable, TOOL, "--threads", "1", *args], env=env, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, TOOL, "memory", "--threads", "1", *args], env=env, capture_output=True, text=True,
                           timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return [line.split("|")[1:-1] for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line]
@@ -22,14 +22,18 @@ def _run(*args):
 
 def test_load_mode_measures_each_format_and_dtype(tmp_path):
     rows = _run("load", "--presets", "vits16", "--formats", "pth", "hf", "--dtypes", "bf16", "--workdir",
-                str(tmp_path / "work"))
+                str(tmp_path / "work"), "--page-release", "on", "off")
     header, *results = rows
-    assert header[0].strip() == "preset" and len(results) == 2
-    assert [(r[1].strip(), r[2].strip()) for r in results] == [("pth", "bf16"), ("hf", "bf16")]
+    assert header[0].strip() == "preset" and len(results) == 4
+    assert [tuple(cell.strip() for cell in r[1:4]) for r in results] == [
+        ("pth", "bf16", "on"), ("pth", "bf16", "off"), ("hf", "bf16", "on"), ("hf", "bf16", "off")]
+    peaks = {}
     for row in results:
-        weights, peak = float(row[3]), float(row[4])
+        weights, peak = float(row[4]), float(row[5])
         assert weights == pytest.approx(41, abs=1)  # ViT-S/16 with bf16 Linear weights: 41 MiB
-        assert peak > 0
+        peaks[row[1].strip(), row[3].strip()] = peak
+    # without the page release the float32 file's pages stay resident beside the bf16 copy
+    assert peaks["pth", "on"] < 1.5 * weights and peaks["pth", "off"] > 2 * peaks["pth", "on"]
     assert not (tmp_path / "work").exists()  # checkpoints removed without --keep
 
 

@@ -8,9 +8,11 @@ import torch
 from dinov3_m2f import benchmarking
 from dinov3_m2f.benchmarking import (
     MemoryMeter,
+    describe_machine,
     markdown_table,
     parse_device,
     random_label_maps,
+    time_alternating,
     time_ms,
     write_records,
 )
@@ -40,6 +42,30 @@ def test_time_ms_runs_warmup_then_times_each_call():
     assert all(t >= 1.9 for t in times)  # each timed call holds a 2 ms sleep
     with pytest.raises(ValueError, match="iters"):
         time_ms(work, device=torch.device("cpu"), warmup=0, iters=0)
+
+
+def test_time_alternating_takes_turns_call_by_call():
+    calls = []
+
+    def contender(name):
+        def work():
+            calls.append(name)
+            time.sleep(0.002 if name == "a" else 0.0)
+            sum(range(20000))  # a little process CPU time
+
+        return work
+
+    timings = time_alternating({"a": contender("a"), "b": contender("b")}, device=torch.device("cpu"),
+                               warmup=1, iters=3)
+    assert calls == ["a", "b"] * 4  # one warm-up round, then three timed rounds in turn
+    assert all(len(t.ms) == len(t.cpu_ms) == 3 for t in timings.values())
+    assert timings["a"].median_ms >= 1.9  # the sleep counts in the wall time ...
+    assert all(0 < ms < timings["a"].median_ms for ms in timings["a"].cpu_ms)  # ... not in the CPU time
+
+
+def test_describe_machine_names_the_load_average(monkeypatch):
+    monkeypatch.setattr(benchmarking.os, "getloadavg", lambda: (3.5, 2.25, 1.0))
+    assert describe_machine(torch.device("cpu")).endswith(", load 3.50 2.25 1.00")
 
 
 def test_cpu_memory_meter_sees_a_block_allocation():

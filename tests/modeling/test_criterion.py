@@ -170,8 +170,6 @@ def test_num_masks_with_process_group(tmp_path):
 
 
 def test_errors():
-    with pytest.raises(ValueError, match="unknown losses"):
-        SetCriterion(num_classes=3, matcher=HungarianMatcher(), weight_dict={}, losses=("boxes",))
     criterion = SetCriterion(
         num_classes=NUM_CLASSES,
         matcher=HungarianMatcher(num_points=16),

@@ -179,17 +179,11 @@ def test_slide_batch_is_checked():
 
 
 def test_slide_batch_with_adapter_and_mask2former():
-    """The real stack (tiny ViT + adapter + Mask2Former, eval mode) gives the same scores batched."""
-    from dinov3_m2f.modeling.adapter import DINOv3Adapter
-    from dinov3_m2f.weights import build_frozen_dinov3
-    from dinov3_m2f.modeling.mask2former_head import Mask2FormerHead
+    """The real stack (the tiny model, eval mode) gives the same scores batched."""
+    from dinov3_m2f.modeling.segmentor import build_tiny_segmentor
 
     torch.manual_seed(0)
-    vit = build_frozen_dinov3(None, init_seed=0, embed_dim=32, depth=4, num_heads=2)
-    adapter = DINOv3Adapter(vit, interaction_indexes=[0, 1, 2, 3], conv_inplane=8, deform_num_heads=4).eval()
-    shapes = {name: (adapter.out_channels, stride) for name, stride in adapter.out_strides.items()}
-    head = Mask2FormerHead(shapes, num_classes=NUM_CLASSES, hidden_dim=32, nheads=4, enc_dim_feedforward=32,
-                           dec_dim_feedforward=32, enc_layers=1, dec_layers=2, num_queries=5).eval()
+    adapter, head = (module.eval() for module in build_tiny_segmentor(num_classes=NUM_CLASSES))
 
     def predict(x):
         out = head(adapter(x))

@@ -3,17 +3,16 @@
 The tests trace with Dynamo (``torch._dynamo.explain``) and run the ``aot_eager`` backend: Dynamo,
 FakeTensor propagation through the op's registered fake implementations and AOTAutograd, without
 spending minutes in Inductor's C++ compiler on a shared CPU. Inductor's speed-up is measured by
-``dev/benchmark_compile.py`` (docs/benchmarks.md).
+``dev/benchmark.py compile`` (docs/benchmarks.md).
 """
 import pytest
 import torch
 import torch._dynamo
-from helpers import DEV, load_tool
 from torch import nn
 
 from dinov3_m2f.layers import MSDeformAttn, _extension
+from dinov3_m2f.modeling.segmentor import build_tiny_segmentor
 
-benchmark_compile = load_tool("benchmark_compile", folder=DEV)
 IMAGE_SHAPE = (2, 3, 64, 96)
 OP_NAME = "dinov3_m2f.ms_deform_attn_forward"
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16}
@@ -32,11 +31,16 @@ def compiled():
 def tiny_model() -> nn.Sequential:
     """The tiny config's adapter (with its frozen ViT) and head; MSDeformAttn uses the compiled op."""
     torch.manual_seed(0)
-    model = benchmark_compile.build_model("tiny")
+    model = nn.Sequential(*build_tiny_segmentor())
     for module in model.modules():
         if isinstance(module, MSDeformAttn):
             module.impl = "compiled"
     return model
+
+
+def predictions(out) -> list:
+    """The final and auxiliary class and mask logits as one flat list."""
+    return [p[key] for p in [out, *out["aux_outputs"]] for key in ("pred_logits", "pred_masks")]
 
 
 def images() -> torch.Tensor:
@@ -67,7 +71,7 @@ def test_compiled_bf16_inference_matches_eager(compiled):
         eager = model(x)
         out = torch.compile(model, fullgraph=True, backend="aot_eager")(x)
     assert out["pred_masks"].dtype == torch.bfloat16
-    for got, expected in zip(benchmark_compile.predictions(out), benchmark_compile.predictions(eager)):
+    for got, expected in zip(predictions(out), predictions(eager)):
         torch.testing.assert_close(got, expected)
 
 
@@ -77,7 +81,7 @@ def test_compiled_training_step_matches_eager(compiled):
     x = images()
 
     def step(model):
-        loss = sum(t.square().mean() for t in benchmark_compile.predictions(model(x)))
+        loss = sum(t.square().mean() for t in predictions(model(x)))
         params = [p for p in model.parameters() if p.requires_grad]
         return loss, torch.autograd.grad(loss, params)
 

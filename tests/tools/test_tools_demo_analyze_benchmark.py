@@ -1,5 +1,5 @@
 """tools/demo.py (skips unreadable images, exit codes), tools/analyze_model.py (parameter totals,
-FLOP handle of the deformable attention op) and dev/benchmark.py (a CPU table row)."""
+FLOP handle of the deformable attention op) and dev/benchmark.py config (a CPU table row)."""
 import glob
 import logging
 import os
@@ -131,7 +131,7 @@ def test_benchmark_prints_a_table_row_on_cpu(capsys):
     threads = torch.get_num_threads()
     try:
         code = benchmark.main([
-            "--config-file", CONFIG, "--device", "cpu", "--threads", "1", "--iters", "2",
+            "config", "--config-file", CONFIG, "--device", "cpu", "--threads", "1", "--iters", "2",
             "--warmup", "1", "--batch-size", "1", "--input-size", "64", "64",
             "--date", "2026-11-21", "--opts", "model.criterion.num_points=256",
         ])

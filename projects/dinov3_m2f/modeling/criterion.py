@@ -28,9 +28,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["SetCriterion", "make_weight_dict", "weighted_sigmoid_ce", "weighted_dice"]
 
-# The loss keys of each loss group.
-LOSS_KEYS = {"labels": ("loss_ce",), "masks": ("loss_mask", "loss_dice")}
-SUPPORTED_LOSSES = tuple(LOSS_KEYS)
+# The keys of the losses of one decoder layer: classification, then the two mask losses.
+LOSS_KEYS = ("loss_ce", "loss_mask", "loss_dice")
 
 
 def make_weight_dict(
@@ -96,7 +95,6 @@ class SetCriterion(nn.Module):
         weight_dict: weight of every loss key this criterion returns (see
             :func:`make_weight_dict`); stored for the caller, not applied here.
         eos_coef: classification weight of the no-object class.
-        losses: subset of ("labels", "masks").
         num_points: points per matched mask for the mask losses.
         oversample_ratio: candidate pool size for importance sampling, relative to num_points.
         importance_sample_ratio: share of points chosen by uncertainty (``-|logit|``).
@@ -109,22 +107,17 @@ class SetCriterion(nn.Module):
         matcher: nn.Module,
         weight_dict: Dict[str, float],
         eos_coef: float = 0.1,
-        losses: Sequence[str] = ("labels", "masks"),
         num_points: int = 12544,
         oversample_ratio: float = 3.0,
         importance_sample_ratio: float = 0.75,
     ):
         super().__init__()
-        unknown = [name for name in losses if name not in SUPPORTED_LOSSES]
-        if unknown:
-            raise ValueError(f"unknown losses {unknown}; supported: {list(SUPPORTED_LOSSES)}")
         if num_classes <= 0:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
         self.num_classes = num_classes
         self.matcher = matcher
         self.weight_dict = dict(weight_dict)
         self.eos_coef = eos_coef
-        self.losses = tuple(losses)
         self.num_points = num_points
         self.oversample_ratio = oversample_ratio
         self.importance_sample_ratio = importance_sample_ratio
@@ -220,8 +213,7 @@ class SetCriterion(nn.Module):
         if not finite:
             logger.warning("Non-finite predictions (NaN or Inf): no matching, every loss is NaN")
             nan = torch.full((), float("nan"), device=outputs["pred_logits"].device)
-            keys = [key for name in self.losses for key in LOSS_KEYS[name]]
-            losses = {key + suffix: nan for suffix, _ in layers for key in keys}
+            losses = {key + suffix: nan for suffix, _ in layers for key in LOSS_KEYS}
         else:
             losses = {}
             for suffix, layer in layers:
@@ -240,11 +232,8 @@ class SetCriterion(nn.Module):
         suffix: str,
     ) -> Dict[str, torch.Tensor]:
         indices = self.matcher(outputs, targets)
-        losses = {}
-        if "labels" in self.losses:
-            losses.update(self.loss_labels(outputs, targets, indices))
-        if "masks" in self.losses:
-            losses.update(self.loss_masks(outputs, targets, indices, num_masks))
+        losses = dict(self.loss_labels(outputs, targets, indices))
+        losses.update(self.loss_masks(outputs, targets, indices, num_masks))
         return {key + suffix: value for key, value in losses.items()}
 
     @staticmethod
@@ -278,7 +267,7 @@ class SetCriterion(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"num_classes={self.num_classes}, eos_coef={self.eos_coef}, losses={self.losses}, "
+            f"num_classes={self.num_classes}, eos_coef={self.eos_coef}, "
             f"num_points={self.num_points}, oversample_ratio={self.oversample_ratio}, "
             f"importance_sample_ratio={self.importance_sample_ratio}"
         )

@@ -16,12 +16,14 @@ __all__ = ["MSDeformAttnPixelDecoder", "MSDeformAttnEncoderLayer"]
 # Number of pixel-decoder levels handed to the transformer decoder (coarsest first).
 NUM_OUTPUT_LEVELS = 3
 # Whether the pixel decoder leaves autocast and runs in float32 when ``force_fp32`` is None, per
-# device type; measured with dev/benchmark_official.py (docs/benchmarks.md, "bf16 on the CPU").
+# device type; measured with dev/benchmark.py official (docs/benchmarks.md, "bf16 on the CPU").
 # CPU: no. Under bf16 autocast at ViT-S / hidden 256 / 512x512 the whole model ran 1.4-1.5x
 # faster with the pixel decoder under autocast than in float32, and its outputs moved from the
 # float32 ones about as far as the official segmentor's do under bf16 (1.4x the float32 pixel
 # decoder's mean mask-logit difference). CUDA and other devices: yes, as the official head (not
-# measured there yet).
+# measured there yet). Hence three states of ``force_fp32``, not two: the measured best differs
+# by device, and one model (one config, one checkpoint) runs on both, e.g. trained on a GPU and
+# run by the demo on a CPU; True and False pin the choice.
 FP32_BY_DEVICE_TYPE = {"cpu": False}
 
 

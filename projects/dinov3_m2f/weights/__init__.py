@@ -1,8 +1,8 @@
 """Checkpoint files and weight formats (plain PyTorch; nothing here imports detectron2).
 
 - :mod:`.files`: reading checkpoint files safely, writing them atomically and finite.
-- :mod:`.dinov3` and :mod:`.dinov3_hf`: DINOv3 backbone weights in the official (Meta) and
-  Hugging Face formats, loaded into :class:`~dinov3_m2f.modeling.dinov3.DinoVisionTransformer`.
+- :mod:`.dinov3_sources` (reading), :mod:`.dinov3` (loading) and :mod:`.dinov3_hf`: DINOv3 backbone
+  weights in the official (Meta) and Hugging Face formats, loaded into :class:`~dinov3_m2f.modeling.dinov3.DinoVisionTransformer`.
 - :mod:`.frozen_dinov3`: the frozen backbone built from those weights, in its storage dtype.
 - :mod:`.official_head` and :mod:`.mask2former`: segmentation heads converted from the official
   DINOv3 segmentor and from Mask2Former checkpoints.

@@ -1,11 +1,11 @@
-#!/usr/bin/env python3
-"""Benchmark the multi-scale deformable attention op: compiled vs PyTorch reference (vs the
-original Deformable-DETR kernel, when one is given).
+"""The multi-scale deformable attention op: compiled vs PyTorch reference (vs the original
+Deformable-DETR kernel, when one is given).
 
 Prints a Markdown table: implementation x shape -> forward ms, backward ms, forward+backward ms,
-peak memory (median of ``--iters`` runs after ``--warmup`` runs; CUDA runs are timed with CUDA
-events). Forward runs under ``no_grad``; backward is the backward pass alone (value, sampling
-locations and attention weights) over a retained forward graph; fwd+bwd is both.
+peak memory (median of ``--iters`` calls after ``--warmup`` calls; the implementations take turns
+call by call; CUDA calls are timed with CUDA events). Forward runs under ``no_grad``; backward is
+the backward pass alone (value, sampling locations and attention weights) over a retained forward
+graph; fwd+bwd is both.
 
 Shapes follow the model at a given input size (see docs/benchmarks.md):
   pixel-decoder: Q = S = (H/8 * W/8) + (H/16 * W/16) + (H/32 * W/32), 8 heads x 32 ch, 3 levels, 4 points
@@ -28,32 +28,25 @@ already hold, measured after all timed runs:
         Includes allocator overhead.
 
 Example:
-    python dev/benchmark_ops.py --scale small --device cpu
-    python dev/benchmark_ops.py --scale full --device cuda --dtype bfloat16
-    python dev/benchmark_ops.py --device cuda --input-size 1024 --batch-size 16 \\
+    python dev/benchmark.py ops --scale small --device cpu
+    python dev/benchmark.py ops --scale full --device cuda --dtype bfloat16
+    python dev/benchmark.py ops --device cuda --input-size 1024 --batch-size 16 \\
         --impls compiled pytorch baseline --baseline-ext /path/to/built/extension
 """
-import argparse
 import importlib.machinery
 import importlib.util
 import multiprocessing
 import os
-import sys
 from types import ModuleType
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch.autograd.function import once_differentiable
 
+from dinov3_m2f.benchmarking import DTYPES, MemoryMeter, markdown_table, time_alternating, write_records
 from dinov3_m2f.layers import ms_deform_attn
-from dinov3_m2f.benchmarking import (
-    DTYPES,
-    MemoryMeter,
-    markdown_table,
-    median_ms,
-    parse_device,
-    write_records,
-)
+
+from . import common
 
 # presets of --scale: (input side in pixels, batch size)
 SCALES = {"small": (128, 2), "full": (512, 16)}
@@ -242,13 +235,12 @@ def _cpu_memory_worker(queue, cases, baseline_dir, threads) -> None:
     queue.put(measure_all_peak_memory(cases, torch.device("cpu"), baseline_dir))
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: Optional[Sequence[str]] = None):
+    parser = common.make_parser("ops", __doc__)
     parser.add_argument("--scale", choices=sorted(SCALES), default="full",
                         help="preset input size and batch: small = 128 px x 2, full = 512 px x 16")
     parser.add_argument("--input-size", type=int, help="square input side in pixels (overrides --scale)")
     parser.add_argument("--batch-size", type=int, help="batch size (overrides --scale)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:<i>")
     parser.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=["float32"],
                         help="one or more I/O dtypes")
     parser.add_argument("--impls", nargs="+", default=["compiled", "pytorch"], choices=IMPLS)
@@ -257,57 +249,68 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--skip-unsupported", action="store_true",
                         help="report an implementation that rejects the dtype on this device as "
                              f"'{UNSUPPORTED}' instead of failing (quick CPU checks)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--iters", type=int, default=20)
-    parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON records")
-    args = parser.parse_args(argv)
+    common.add_run_options(parser, warmup=2, iters=20)
+    args = common.parse(parser, argv, positive=["input_size", "batch_size"])
     if ("baseline" in args.impls) != (args.baseline_ext is not None):
         parser.error("--impls baseline and --baseline-ext DIR go together")
     return args
 
 
-def main(argv=None) -> int:
+def measure_case(impls: Sequence[str], shape: OpShape, dtype: torch.dtype, *, device: torch.device,
+                 baseline: Optional[ModuleType], args) -> Dict[str, Dict]:
+    """Median ms of forward, backward and forward+backward of every implementation, taking turns
+    call by call; an implementation that rejects ``dtype`` gets an ``error`` (with
+    ``--skip-unsupported``)."""
+    results: Dict[str, Dict] = {impl: {} for impl in impls}
+    runs = {}
+    for impl in impls:
+        impl_runs = build_runs(op_function(impl, baseline), shape, device, dtype)
+        try:
+            impl_runs["forward"]()  # an implementation rejects a dtype at its first call
+        except RuntimeError as exc:
+            if not args.skip_unsupported:
+                raise
+            results[impl]["error"] = f"{UNSUPPORTED}: {str(exc).splitlines()[0]}"
+            continue
+        runs[impl] = impl_runs
+    for name in ("forward", "backward", "forward_backward"):
+        timings = time_alternating({impl: impl_runs[name] for impl, impl_runs in runs.items()}, device=device,
+                                   warmup=args.warmup, iters=args.iters)
+        for impl, timing in timings.items():
+            results[impl][f"{name}_ms"] = timing.median_ms
+    return results  # the runs (and the graphs "backward" retained) are freed here
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = parse_device(args.device)
+    device = common.start(args)
     baseline = load_baseline(args.baseline_ext) if args.baseline_ext else None
     input_size, batch = SCALES[args.scale]
     input_size = args.input_size or input_size
     batch = args.batch_size or batch
     memory_note = "CUDA max_memory_allocated" if device.type == "cuda" else "peak RSS growth"
-    print(f"torch {torch.__version__}, device {device}, input {input_size}x{input_size}, batch {batch}, "
-          f"{torch.get_num_threads()} threads")
+    first = common.row_start(args, device)
+    print(f"{first['date']}, {first['machine']}, torch {first['torch']}, device {device}, "
+          f"input {input_size}x{input_size}, batch {batch}, {torch.get_num_threads()} threads")
 
     records, measured, cases = [], [], []
     for dtype_name in args.dtype:
         dtype = DTYPES[dtype_name]
         for shape in model_shapes(input_size, batch):
-            for impl in args.impls:
-                if impl == "baseline" and dtype not in BASELINE_DTYPES:
-                    continue  # said once below the table
-                record = dict(impl=impl, shape=shape.name, input_size=input_size, dtype=dtype_name,
+            # the original kernels take float32 / float64 only (said once below the table)
+            impls = [impl for impl in args.impls if impl != "baseline" or dtype in BASELINE_DTYPES]
+            results = measure_case(impls, shape, dtype, device=device, baseline=baseline, args=args)
+            for impl in impls:
+                record = dict(first, impl=impl, shape=shape.name, input_size=input_size, dtype=dtype_name,
                               batch=shape.batch, queries=shape.queries,
                               values=sum(h * w for h, w in shape.levels), heads=shape.heads,
                               channels=shape.channels, levels=len(shape.levels), points=shape.points,
-                              device=str(device))
+                              device=str(device), **results[impl])
                 records.append(record)
-                op = op_function(impl, baseline)
-                runs = build_runs(op, shape, device, dtype)
-                try:
-                    runs["forward"]()  # an implementation rejects a dtype at its first call
-                except RuntimeError as exc:
-                    if not args.skip_unsupported:
-                        raise
-                    record["error"] = f"{UNSUPPORTED}: {str(exc).splitlines()[0]}"
-                    continue
-                for name, fn in runs.items():
-                    record[f"{name}_ms"] = median_ms(fn, device=device, warmup=args.warmup, iters=args.iters)
-                del runs  # and the graph that "backward" retained
-                measured.append(record)
-                cases.append((impl, shape, dtype_name))
-                write_records(args.json, records)
+                if "error" not in record:
+                    measured.append(record)
+                    cases.append((impl, shape, dtype_name))
+            write_records(args.json, records)
     # Memory after all timed runs, each case on fresh inputs.
     if device.type == "cpu":
         peaks = measure_cpu_peak_memory_in_fresh_process(cases, args.baseline_ext, torch.get_num_threads())
@@ -333,6 +336,3 @@ def main(argv=None) -> int:
         print("\nbaseline: float32 / float64 rows only (the original kernels take no other dtype)")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

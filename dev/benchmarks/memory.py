@@ -1,5 +1,5 @@
-#!/usr/bin/env python3
-"""CPU memory of the big-backbone paths, each measured in a fresh process.
+"""CPU memory of the big-backbone paths, each measured in a fresh process
+(``python dev/benchmark.py memory MODE``).
 
 Modes:
   load   Writes random-weight checkpoints of real preset sizes to --workdir (Meta ``.pth``, Meta
@@ -8,6 +8,8 @@ Modes:
          prints the peak memory against the size of the weights, plus what it implies for ViT-7B.
          ``--eager`` measures ``build_dinov3`` + ``load_dinov3_weights`` instead, which also
          exists in older versions (run with their ``projects/`` on PYTHONPATH for a before/after).
+         ``--page-release on off`` measures each case with and without the loader's release of
+         the file pages it has copied (one fresh process each, in turn).
   slide  One frame (default 1024x2048, Cityscapes) through ViT-S/16 + adapter + Mask2Former
          (hidden 256, random weights, eval mode) with sliding windows, for each --slide-batch
          (0 = the whole frame at once).
@@ -25,13 +27,14 @@ the anonymous (RssAnon) and file-backed (RssFile) growth at the end of the call.
 with glibc's mmap threshold fixed at 128 KiB so that freed tensors go back to the OS.
 
 Examples:
-    python dev/benchmark_memory.py load --presets vitl16 vith16plus --dtypes fp32 bf16
-    python dev/benchmark_memory.py slide --slide-batch 0 1 3 9
-    python dev/benchmark_memory.py train --crop 512 1024
-    python dev/benchmark_memory.py slide --frame 64 128 --crop 32 64 --stride 32 32 --tiny  # seconds
+    python dev/benchmark.py memory load --presets vitl16 vith16plus --dtypes fp32 bf16
+    python dev/benchmark.py memory load --presets vitl16 --page-release on off --repeats 2
+    python dev/benchmark.py memory slide --slide-batch 0 1 3 9
+    python dev/benchmark.py memory train --crop 512 1024
+    python dev/benchmark.py memory slide --frame 64 128 --crop 32 64 --stride 32 32 --tiny  # seconds
 """
 import argparse
-import datetime
+import itertools
 import json
 import os
 import platform
@@ -39,11 +42,17 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from dinov3_m2f.benchmarking import MIB, describe_machine
+from dinov3_m2f.benchmarking import MIB
+from dinov3_m2f.modeling.segmentor import TINY_VIT
+
+from . import common
+
+# dev/benchmark.py, which starts the measured children (``memory --child MODE SPEC``).
+ENTRY_POINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmark.py")
 
 # glibc: allocations above this are mmap'ed and returned to the OS when freed (fixed, not adaptive).
 _MALLOC_MMAP_THRESHOLD = str(128 * 1024)
@@ -54,11 +63,6 @@ CITYSCAPES_STRIDE = (341, 683)
 NUM_CLASSES = 19
 # Mask2Former head width of the ViT-S measurement (original Mask2Former).
 HEAD_HIDDEN = 256
-# A tiny stack (--tiny) for a functional run in seconds.
-TINY_VIT = dict(embed_dim=32, depth=4, num_heads=2)
-TINY_ADAPTER = dict(interaction_indexes=[0, 1, 2, 3], conv_inplane=8, deform_num_heads=4)
-TINY_HEAD = dict(hidden_dim=32, nheads=4, enc_dim_feedforward=32, dec_dim_feedforward=32, enc_layers=1,
-                 dec_layers=2, num_queries=5)
 # Side of the warm-up input of the slide and train children.
 WARMUP_SIZE = 64
 # Blocks per shard of the Hugging Face directory written by the load mode.
@@ -100,6 +104,11 @@ def _weights_mib(model: torch.nn.Module) -> float:
 
 
 def _child_load(spec: Dict[str, Any]) -> Dict[str, Any]:
+    if not spec["page_release"]:
+        # The loader without its release of copied file pages: what that release saves.
+        from dinov3_m2f.weights import dinov3
+
+        dinov3._PageReleaser = lambda path: (lambda tensor: None)
     if spec["eager"]:
         from dinov3_m2f.modeling.dinov3 import build_dinov3
         from dinov3_m2f.weights import load_dinov3_weights
@@ -121,21 +130,16 @@ def _child_load(spec: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _segmentation_stack(tiny: bool, with_cp: bool):
-    from dinov3_m2f.modeling.adapter import DINOv3Adapter
     from dinov3_m2f.modeling.dinov3 import get_interaction_indexes
+    from dinov3_m2f.modeling.segmentor import build_segmentor, build_tiny_segmentor
     from dinov3_m2f.weights import build_frozen_dinov3
-    from dinov3_m2f.modeling.mask2former_head import Mask2FormerHead
 
     if tiny:
         vit = build_frozen_dinov3(None, init_seed=0, **TINY_VIT)
-        adapter_kwargs, head_kwargs = dict(TINY_ADAPTER), dict(TINY_HEAD)
-    else:
-        vit = build_frozen_dinov3("vits16", init_seed=0)
-        adapter_kwargs = dict(interaction_indexes=get_interaction_indexes("vits16"))
-        head_kwargs = dict(hidden_dim=HEAD_HIDDEN)
-    adapter = DINOv3Adapter(vit, with_cp=with_cp, **adapter_kwargs)
-    shapes = {name: (adapter.out_channels, stride) for name, stride in adapter.out_strides.items()}
-    return adapter, Mask2FormerHead(shapes, num_classes=NUM_CLASSES, **head_kwargs)
+        return build_tiny_segmentor(vit, num_classes=NUM_CLASSES, with_cp=with_cp)
+    vit = build_frozen_dinov3("vits16", init_seed=0)
+    return build_segmentor(vit, interaction_indexes=get_interaction_indexes("vits16"),
+                           head_kwargs=dict(hidden_dim=HEAD_HIDDEN, num_classes=NUM_CLASSES), with_cp=with_cp)
 
 
 def _child_slide(spec: Dict[str, Any]) -> Dict[str, Any]:
@@ -195,7 +199,7 @@ CHILDREN = {"load": _child_load, "slide": _child_slide, "train": _child_train}
 # ---------------------------------------------------------------------------- orchestrating (parent side)
 def _run_child(mode: str, spec: Dict[str, Any], threads: int) -> Dict[str, Any]:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=_MALLOC_MMAP_THRESHOLD, OMP_NUM_THREADS=str(threads))
-    command = [sys.executable, os.path.abspath(__file__), "--child", mode, json.dumps(spec)]
+    command = [sys.executable, ENTRY_POINT, "memory", "--child", mode, json.dumps(spec)]
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"child {mode} {spec} failed:\n{done.stderr[-4000:]}")
@@ -260,31 +264,34 @@ def _implied_weights_mib(preset: str, dtype: str) -> float:
     return sum(sizes) / MIB
 
 
-def _header() -> str:
-    return (f"{datetime.date.today()}, {describe_machine(torch.device('cpu'))}, torch {torch.__version__}, "
+def _header(args: argparse.Namespace) -> str:
+    first = common.row_start(args, torch.device("cpu"))
+    return (f"{first['date']}, {first['machine']}, torch {first['torch']}, "
             f"{platform.python_implementation()} {platform.python_version()}")
 
 
 def run_load(args: argparse.Namespace) -> None:
     os.makedirs(args.workdir, exist_ok=True)
-    print(f"# load: {_header()}; {'build_dinov3 + load_dinov3_weights' if args.eager else 'build_frozen_dinov3'}")
-    print("| preset | format | dtype | weights MiB | peak RSS growth MiB | peak / weights | RssAnon growth MiB "
-          "| RssFile growth MiB | seconds |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"# load: {_header(args)}; {'build_dinov3 + load_dinov3_weights' if args.eager else 'build_frozen_dinov3'}")
+    print("| preset | format | dtype | page release | weights MiB | peak RSS growth MiB | peak / weights "
+          "| RssAnon growth MiB | RssFile growth MiB | seconds |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     worst: Dict[str, float] = {}
     warmup = _write_checkpoints(args.workdir, "tiny", None, **TINY_VIT)
     for preset in args.presets:
         paths = _write_checkpoints(args.workdir, preset, preset)
         for fmt in args.formats:
             for dtype in ["fp32"] if args.eager else args.dtypes:
-                spec = dict(preset=preset, weights=paths[fmt], warmup_weights=warmup[fmt], dtype=dtype,
-                            eager=args.eager)
-                stats = _run_child("load", spec, args.threads)
-                ratio = stats["peak_mib"] / stats["weights_mib"]
-                worst[dtype] = max(worst.get(dtype, 0.0), ratio)
-                print(f"| {preset} | {fmt} | {dtype} | {stats['weights_mib']:.0f} | {stats['peak_mib']:.0f} "
-                      f"| {ratio:.3f} | {stats['anon_mib']:.0f} | {stats['file_mib']:.0f} | {stats['seconds']:.1f} |",
-                      flush=True)
+                for _, release in itertools.product(range(args.repeats), args.page_release):  # in turn
+                    spec = dict(preset=preset, weights=paths[fmt], warmup_weights=warmup[fmt], dtype=dtype,
+                                eager=args.eager, page_release=release == "on")
+                    stats = _run_child("load", spec, args.threads)
+                    ratio = stats["peak_mib"] / stats["weights_mib"]
+                    if release == "on":
+                        worst[dtype] = max(worst.get(dtype, 0.0), ratio)
+                    print(f"| {preset} | {fmt} | {dtype} | {release} | {stats['weights_mib']:.0f} "
+                          f"| {stats['peak_mib']:.0f} | {ratio:.3f} | {stats['anon_mib']:.0f} "
+                          f"| {stats['file_mib']:.0f} | {stats['seconds']:.1f} |", flush=True)
     if not args.keep:
         shutil.rmtree(args.workdir)
     for dtype, ratio in ({} if args.eager else worst).items():
@@ -294,7 +301,7 @@ def run_load(args: argparse.Namespace) -> None:
 
 
 def run_slide(args: argparse.Namespace) -> None:
-    print(f"# slide: {_header()}; frame {args.frame}, crop {args.crop}, stride {args.stride}, "
+    print(f"# slide: {_header(args)}; frame {args.frame}, crop {args.crop}, stride {args.stride}, "
           f"{'tiny stack' if args.tiny else f'ViT-S/16 + adapter + Mask2Former({HEAD_HIDDEN})'}, "
           f"{args.threads} threads")
     print("| slide_batch | model weights MiB | peak RSS growth MiB | seconds |")
@@ -308,7 +315,7 @@ def run_slide(args: argparse.Namespace) -> None:
 
 
 def run_train(args: argparse.Namespace) -> None:
-    print(f"# train step: {_header()}; crop {args.crop}, batch {args.batch}, "
+    print(f"# train step: {_header(args)}; crop {args.crop}, batch {args.batch}, "
           f"{'tiny stack' if args.tiny else f'ViT-S/16 + adapter + Mask2Former({HEAD_HIDDEN})'}, fp32, "
           f"{args.threads} threads")
     print("| with_cp | model weights MiB | peak RSS growth MiB | seconds |")
@@ -320,9 +327,12 @@ def run_train(args: argparse.Namespace) -> None:
               flush=True)
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = common.make_parser("memory", __doc__)
     parser.add_argument("--threads", type=int, default=2, help="OpenMP threads of each measured process")
+    parser.add_argument("--date", default=None, help="date in the header (default: today)")
+    parser.add_argument("--machine", default=None,
+                        help="machine in the header (default: from the system, with its load average)")
     modes = parser.add_subparsers(dest="mode", required=True)
     load = modes.add_parser("load", help="build + load a frozen ViT from a checkpoint")
     load.add_argument("--presets", nargs="+", default=["vitl16", "vith16plus"])
@@ -332,6 +342,9 @@ def parse_args() -> argparse.Namespace:
     load.add_argument("--keep", action="store_true", help="keep the checkpoints (reused by the next run)")
     load.add_argument("--eager", action="store_true", help="measure build_dinov3 + load_dinov3_weights (fp32)")
     load.add_argument("--implied", default="vit7b16", help="preset whose figures are extrapolated")
+    load.add_argument("--page-release", nargs="+", default=["on"], choices=["on", "off"],
+                      help="measure with (on) and/or without (off) the release of copied file pages")
+    load.add_argument("--repeats", type=int, default=1, help="measurements of each case (in turn with --page-release)")
     for name, help_text in (("slide", "sliding-window inference of one frame"), ("train", "one training step")):
         sub = modes.add_parser(name, help=help_text)
         sub.add_argument("--crop", type=int, nargs=2, default=list(CITYSCAPES_CROP), metavar=("H", "W"))
@@ -342,17 +355,14 @@ def parse_args() -> argparse.Namespace:
     slide.add_argument("--slide-batch", type=int, nargs="+", default=[0, 1, 3, 9],
                        help="windows per forward (0 = the whole frame in one forward)")
     modes.choices["train"].add_argument("--batch", type=int, default=1)
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
-def main() -> None:
-    if len(sys.argv) == 4 and sys.argv[1] == "--child":
-        stats = CHILDREN[sys.argv[2]](json.loads(sys.argv[3]))
-        print(json.dumps(stats))
-        return
-    args = parse_args()
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = sys.argv[2:] if argv is None else list(argv)
+    if len(argv) == 3 and argv[0] == "--child":  # a measured child: print its figures as JSON
+        print(json.dumps(CHILDREN[argv[1]](json.loads(argv[2]))))
+        return 0
+    args = parse_args(argv)
     {"load": run_load, "slide": run_slide, "train": run_train}[args.mode](args)
-
-
-if __name__ == "__main__":
-    main()
+    return 0

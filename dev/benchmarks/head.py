@@ -1,6 +1,5 @@
-#!/usr/bin/env python3
-"""Benchmark the core model (plain PyTorch, no detectron2): frozen DINOv3 ViT + ViT-Adapter +
-Mask2Former head, one training step and whole-image inference.
+"""The core model (plain PyTorch, no detectron2): frozen DINOv3 ViT + ViT-Adapter + Mask2Former
+head, one training step and whole-image inference.
 
 Random weights; the numbers are about speed and memory only. The model is built from the core
 modules in the shapes of the configs (detectron2 is not needed, so this runs on bare GPU images):
@@ -8,6 +7,8 @@ modules in the shapes of the configs (detectron2 is not needed, so this runs on 
                    configs/ade20k/m2f_vitl16_lvd1689m_512.py and the LoveDA configs
   --head official  the official DINOv3 head shape (hidden 2048), as in
                    configs/ade20k/m2f_vit7b16_official_head_eval.py (with --backbone vit7b16)
+  --tiny           the tiny model of configs/synthetic/m2f_tiny_synthetic.py (seconds on a CPU,
+                   checks that everything runs)
 
   train ms/iter   one training step as tools/train_net.py runs it: forward of the ViT, adapter and
                   head under autocast on normalized random images, Hungarian matching and the
@@ -25,16 +26,14 @@ The model is built directly on the device. ``--frozen-dtype bf16`` stores the fr
 in bfloat16 (a 7B ViT then takes 13.4 GB instead of 27 GB).
 
 Examples:
-    python dev/benchmark_head.py --head m2f                     # ViT-L/16 + M2F(256), 16 x 512^2, bf16
-    python dev/benchmark_head.py --backbone vit7b16 --head official --frozen-dtype bf16 \\
+    python dev/benchmark.py head --head m2f               # ViT-L/16 + M2F(256), 16 x 512^2, bf16
+    python dev/benchmark.py head --backbone vit7b16 --head official --frozen-dtype bf16 \\
         --skip-train --image-size 896
-    python dev/benchmark_head.py --tiny            # seconds on a CPU, checks that everything runs
+    python dev/benchmark.py head --tiny --device cpu
 """
 import argparse
-import logging
 import statistics
-import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -42,9 +41,8 @@ from torch import nn
 from dinov3_m2f.benchmarking import (
     DTYPES,
     MemoryMeter,
-    describe_machine,
+    autocast,
     markdown_table,
-    parse_device,
     random_label_maps,
     time_ms,
     write_records,
@@ -53,27 +51,22 @@ from dinov3_m2f.data.masks import IGNORE_VALUE
 from dinov3_m2f.layers import MSDeformAttn
 from dinov3_m2f.modeling import (
     INTERACTION_INDEXES,
-    DINOv3Adapter,
     HungarianMatcher,
-    Mask2FormerHead,
     SetCriterion,
     build_dinov3,
-    get_interaction_indexes,
     make_weight_dict,
     official_dinov3_head_kwargs,
     prepare_targets,
     semantic_probs,
 )
+from dinov3_m2f.modeling.segmentor import TINY_ADAPTER, TINY_HEAD, TINY_INTERACTION_INDEXES, TINY_VIT, build_segmentor
 
-# Tiny model for a quick functional run (CPU, a few seconds).
-TINY_BACKBONE = dict(embed_dim=64, depth=4, num_heads=2, patch_size=16)
-TINY_INTERACTIONS = [0, 1, 2, 3]
-TINY_HEAD = dict(hidden_dim=32, nheads=4, enc_dim_feedforward=64, dec_dim_feedforward=64, enc_layers=2,
-                 dec_layers=3, num_queries=10)
-TINY_ADAPTER = dict(conv_inplane=16, deform_num_heads=4)
-TINY_POINTS = 256
+from . import common
+
+# --tiny: input side, batch and matching points (a functional check in seconds on a CPU).
 TINY_IMAGE_SIZE = 64
 TINY_BATCH = 2
+TINY_POINTS = 256
 # Optimizer and clipping of configs/common/optim.py and configs/common/train.py.
 LEARNING_RATE = 1e-4
 WEIGHT_DECAY = 0.05
@@ -83,7 +76,7 @@ HIDDEN_DIMS = {"official": 2048, "m2f": 256}
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.make_parser("head", __doc__)
     parser.add_argument("--backbone", default="vitl16", choices=sorted(INTERACTION_INDEXES),
                         help="DINOv3 preset (random weights)")
     parser.add_argument("--head", default="official", choices=sorted(HIDDEN_DIMS),
@@ -102,14 +95,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--impl", default="auto", choices=["auto", "compiled", "pytorch"],
                         help="MSDeformAttn implementation")
     parser.add_argument("--with-cp", action="store_true", help="activation checkpointing in the adapter")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:<i>")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--skip-train", action="store_true", help="inference only")
     parser.add_argument("--tiny", action="store_true",
-                        help=f"tiny ViT/adapter/head, {TINY_IMAGE_SIZE}px, batch {TINY_BATCH} (functional check)")
-    parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON records")
-    args = parser.parse_args(argv)
+                        help=f"the tiny model, {TINY_IMAGE_SIZE}px, batch {TINY_BATCH} (functional check)")
+    common.add_run_options(parser)
+    args = common.parse(parser, argv, positive=["batch_size", "infer_batch_size"])
     if args.tiny:
         args.image_size, args.batch_size = TINY_IMAGE_SIZE, TINY_BATCH
     return args
@@ -125,7 +115,7 @@ def build_frozen_vit(args: argparse.Namespace, device: torch.device) -> nn.Modul
     cast: a 7B ViT never exists on the host, but does exist once in float32 on the device.
     """
     with torch.device(device):
-        vit = build_dinov3(None, **TINY_BACKBONE) if args.tiny else build_dinov3(args.backbone)
+        vit = build_dinov3(None, **TINY_VIT) if args.tiny else build_dinov3(args.backbone)
     frozen_dtype = DTYPES[args.frozen_dtype]
     for name, param in vit.named_parameters():
         param.data = param.data.to(vit.storage_dtype(name, frozen_dtype))
@@ -136,24 +126,21 @@ def build_frozen_vit(args: argparse.Namespace, device: torch.device) -> nn.Modul
     return vit
 
 
-def build_model(args: argparse.Namespace, device: torch.device) -> Tuple[DINOv3Adapter, Mask2FormerHead, SetCriterion]:
+def build_model(args: argparse.Namespace, device: torch.device) -> Tuple[nn.Module, nn.Module, SetCriterion]:
     """Adapter (around the frozen ViT), head and criterion in the shapes of the configs."""
     vit = build_frozen_vit(args, device)
     hidden_dim = args.hidden_dim or HIDDEN_DIMS[args.head]
     head_kwargs = (official_dinov3_head_kwargs(hidden_dim=hidden_dim, num_classes=args.num_classes)
                    if args.head == "official" else dict(hidden_dim=hidden_dim, num_classes=args.num_classes))
-    point_kwargs = {}  # the configs' 12544 points (the matcher's and criterion's default)
-    if args.tiny:
-        adapter_kwargs = dict(TINY_ADAPTER, interaction_indexes=TINY_INTERACTIONS)
-        head_kwargs.update(TINY_HEAD)
-        point_kwargs = dict(num_points=TINY_POINTS)
-    else:
-        adapter_kwargs = dict(interaction_indexes=get_interaction_indexes(args.backbone))
     head_kwargs["pixel_decoder_fp32"] = not args.pixel_decoder_low_precision
+    point_kwargs = dict(num_points=TINY_POINTS) if args.tiny else {}  # else the configs' 12544 (the default)
+    if args.tiny:  # the tiny model's sizes in the --head family's shape
+        head_kwargs.update(TINY_HEAD)
+        stack_kwargs = dict(interaction_indexes=TINY_INTERACTION_INDEXES, adapter_kwargs=TINY_ADAPTER)
+    else:
+        stack_kwargs = dict(interaction_indexes=INTERACTION_INDEXES[args.backbone])
     with torch.device(device):
-        adapter = DINOv3Adapter(vit, with_cp=args.with_cp, **adapter_kwargs)
-        input_shape = {name: (adapter.out_channels, stride) for name, stride in adapter.out_strides.items()}
-        head = Mask2FormerHead(input_shape, **head_kwargs)
+        adapter, head = build_segmentor(vit, head_kwargs=head_kwargs, with_cp=args.with_cp, **stack_kwargs)
         criterion = SetCriterion(
             num_classes=args.num_classes, matcher=HungarianMatcher(**point_kwargs),
             weight_dict=make_weight_dict(num_aux_layers=head.predictor.num_layers), **point_kwargs,
@@ -163,10 +150,6 @@ def build_model(args: argparse.Namespace, device: torch.device) -> Tuple[DINOv3A
             if isinstance(m, MSDeformAttn):
                 m.impl = args.impl
     return adapter, head, criterion
-
-
-def _autocast(device: torch.device, dtype: torch.dtype):
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32)
 
 
 def benchmark_train(adapter, head, criterion, args, device) -> Dict[str, float]:
@@ -179,11 +162,10 @@ def benchmark_train(adapter, head, criterion, args, device) -> Dict[str, float]:
     images = torch.randn(args.batch_size, 3, *size, device=device)  # normalized images
     labels = random_label_maps(batch_size=args.batch_size, size=size, num_classes=args.num_classes,
                                generator=torch.Generator().manual_seed(0)).to(device)  # [B, H, W]
-    dtype = DTYPES[args.dtype]
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with _autocast(device, dtype):
+        with autocast(device, _autocast_dtype(args)):
             outputs = head(adapter(images))
             targets = prepare_targets(labels, num_classes=args.num_classes, ignore_value=IGNORE_VALUE)
             losses = criterion(outputs, targets)
@@ -201,17 +183,21 @@ def benchmark_inference(adapter, head, args, device) -> Dict[str, float]:
     head.eval()
     size = (args.image_size, args.image_size)
     images = torch.randn(args.infer_batch_size, 3, *size, device=device)
-    dtype = DTYPES[args.dtype]
 
     def predict() -> None:
-        with torch.inference_mode(), _autocast(device, dtype):
+        with torch.inference_mode(), autocast(device, _autocast_dtype(args)):
             outputs = head(adapter(images))
             semantic_probs(outputs["pred_logits"], outputs["pred_masks"], output_size=size)
 
     return _measure(predict, args, device, images_per_call=args.infer_batch_size)
 
 
-def _measure(fn, args, device, *, images_per_call: int) -> Dict[str, float]:
+def _autocast_dtype(args: argparse.Namespace) -> Optional[torch.dtype]:
+    dtype = DTYPES[args.dtype]
+    return None if dtype == torch.float32 else dtype
+
+
+def _measure(fn: Callable[[], None], args, device, *, images_per_call: int) -> Dict[str, float]:
     for _ in range(args.warmup):
         fn()
     meter = MemoryMeter(device)
@@ -224,35 +210,29 @@ def _measure(fn, args, device, *, images_per_call: int) -> Dict[str, float]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    device = parse_device(args.device)
-    torch.manual_seed(0)
+    device = common.start(args)
     adapter, head, criterion = build_model(args, device)
     n_train = sum(p.numel() for m in (adapter, head) for p in m.parameters() if p.requires_grad)
     model = "tiny" if args.tiny else f"{args.backbone} + {args.head} head"
-    common = dict(model=model, backbone="tiny" if args.tiny else args.backbone, head=args.head, device=str(device),
-                  machine=describe_machine(device), torch=torch.__version__, image_size=args.image_size,
-                  amp=args.dtype, frozen_dtype=args.frozen_dtype, impl=args.impl,
-                  trainable_params=n_train)
+    first = common.row_start(args, device)
+    shared = dict(first, model=model, backbone="tiny" if args.tiny else args.backbone, head=args.head,
+                  device=str(device), image_size=args.image_size, amp=args.dtype, frozen_dtype=args.frozen_dtype,
+                  impl=args.impl, trainable_params=n_train)
     records: List[Dict] = []
     if not args.skip_train:
         result = benchmark_train(adapter, head, criterion, args, device)
-        records.append(dict(common, mode="train", batch=args.batch_size, **result))
+        records.append(dict(shared, mode="train", batch=args.batch_size, **result))
         write_records(args.json, records)
     result = benchmark_inference(adapter, head, args, device)
-    records.append(dict(common, mode="infer", batch=args.infer_batch_size, **result))
+    records.append(dict(shared, mode="infer", batch=args.infer_batch_size, **result))
     write_records(args.json, records)
 
     print(markdown_table(
-        ["model", "device", "mode", "image", "batch", "amp", "frozen ViT", "impl", "trainable params",
-         "ms/iter", "images/s", "peak MiB"],
-        ([r["model"], r["device"], r["mode"], r["image_size"], r["batch"], r["amp"], r["frozen_dtype"],
-          r["impl"], f"{r['trainable_params'] / 1e6:.1f}M", f"{r['ms_per_iter']:.1f}",
+        ["date", "machine", "torch", "model", "device", "mode", "image", "batch", "amp", "frozen ViT", "impl",
+         "trainable params", "ms/iter", "images/s", "peak MiB"],
+        ([r["date"], r["machine"], r["torch"], r["model"], r["device"], r["mode"], r["image_size"], r["batch"],
+          r["amp"], r["frozen_dtype"], r["impl"], f"{r['trainable_params'] / 1e6:.1f}M", f"{r['ms_per_iter']:.1f}",
           f"{r['images_per_s']:.2f}", r["memory_cell"]] for r in records),
     ))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
