@@ -25,7 +25,6 @@ Examples:
     python tools/train_net.py --config-file <cfg> --resume
     python tools/train_net.py --config-file <cfg> --eval-only train.init_checkpoint=<model.pth>
 """
-import json
 import logging
 import os
 from typing import Callable, Dict, List, Optional, Tuple
@@ -50,6 +49,7 @@ from torch import nn
 from dinov3_m2f.config_schema import AMP_DTYPES
 from dinov3_m2f.d2.checkpoint import TrainableCheckpointer
 from dinov3_m2f.d2.config import load_config
+from dinov3_m2f.d2.evaluation import results_to_json
 from dinov3_m2f.d2.hooks import BestCheckpointer, EarlyStopping, SegEvalHook, SegPeriodicCheckpointer
 from dinov3_m2f.d2.trainer import SegTrainer, resolve_device
 from dinov3_m2f.modeling.torch_compile import compile_parts
@@ -217,7 +217,7 @@ def do_eval_only(cfg: DictConfig) -> Dict:
     if comm.is_main_process():
         path = os.path.join(cfg.train.output_dir, EVAL_RESULTS_FILE)
         with open(path, "w") as f:
-            json.dump(results, f, indent=2)
+            f.write(results_to_json(results))
         logger.info("Evaluation results written to %s", path)
     return results
 

@@ -9,6 +9,7 @@ this order after the LR scheduler: ``SegEvalHook``, ``BestCheckpointer`` (main p
 iteration's evaluation, and ``metrics.json`` every entry up to it.
 """
 import logging
+import math
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 from detectron2.engine import HookBase, hooks
@@ -70,7 +71,8 @@ class BestCheckpointer(hooks.BestCheckpointer):
     which holds the evaluation results.
 
     Unlike detectron2's, it updates the best value before writing the file (so the file's trainer
-    state holds it) and raises when the evaluation lacks the metric. The file's ``iteration`` is
+    state holds it), raises when the evaluation lacks the metric and never takes a NaN or
+    infinite value (a warning names it). The file's ``iteration`` is
     that of the metric: ``max_iter`` for the final evaluation, as in detectron2's storage.
     """
 
@@ -83,7 +85,12 @@ class BestCheckpointer(hooks.BestCheckpointer):
             )
         value, iteration = latest
         previous, previous_iter = self.best_metric, self.best_iter
-        if previous is not None and not self._compare(value, previous):
+        if not math.isfinite(value):
+            logger.warning(
+                "%s=%s at iteration %d is NaN or infinite; it is never the best (kept: %s at "
+                "iteration %s)", self._val_metric, value, iteration, previous, previous_iter,
+            )
+        elif previous is not None and not self._compare(value, previous):
             logger.info(
                 "%s=%.5f at iteration %d is not better than %.5f at iteration %d",
                 self._val_metric, value, iteration, previous, previous_iter,
