@@ -25,6 +25,7 @@ Examples:
     python tools/train_net.py --config-file <cfg> --resume
     python tools/train_net.py --config-file <cfg> --eval-only train.init_checkpoint=<model.pth>
 """
+import argparse
 import logging
 import os
 from typing import Callable, Dict, List, Optional, Tuple
@@ -34,7 +35,6 @@ from detectron2.config import instantiate
 from detectron2.engine import (
     create_ddp_model,
     default_argument_parser,
-    default_setup,
     default_writers,
     hooks,
     launch,
@@ -42,7 +42,6 @@ from detectron2.engine import (
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter
-from detectron2.utils.logger import setup_logger
 from omegaconf import DictConfig
 from torch import nn
 
@@ -50,6 +49,8 @@ from dinov3_m2f.config_schema import AMP_DTYPES
 from dinov3_m2f.d2.checkpoint import TrainableCheckpointer
 from dinov3_m2f.d2.config import load_config
 from dinov3_m2f.d2.evaluation import results_to_json
+from dinov3_m2f.d2.run_setup import setup_run
+from dinov3_m2f.d2.run_summary import METRICS_FILE, RunSummary
 from dinov3_m2f.d2.hooks import BestCheckpointer, EarlyStopping, SegEvalHook, SegPeriodicCheckpointer
 from dinov3_m2f.d2.trainer import SegTrainer, resolve_device
 from dinov3_m2f.modeling.torch_compile import compile_parts
@@ -59,7 +60,6 @@ from dinov3_m2f.metrics_log import drop_metrics_from
 logger = logging.getLogger("detectron2")
 
 EVAL_RESULTS_FILE = "eval_results.json"
-METRICS_FILE = "metrics.json"  # detectron2's JSONWriter
 
 
 def do_test(cfg: DictConfig, model: nn.Module) -> Dict:
@@ -105,9 +105,9 @@ def build_training_hooks(
     """The hooks of a training run, in execution order.
 
     The best checkpoint and early stopping come after the evaluation whose results they read;
-    the periodic checkpoint comes last, after the metrics of its iteration are written, so that
-    a run resumed from it continues exactly (best value, ``metrics.json``). Hooks that only the
-    main process runs are None elsewhere (``register_hooks`` drops them).
+    the periodic checkpoint comes after the metrics of its iteration are written, so that a run
+    resumed from it continues exactly (best value, ``metrics.json``); the summary comes last.
+    Hooks that only the main process runs are None elsewhere (``register_hooks`` drops them).
     """
     train = cfg.train
     if train.early_stopping is not None and train.best_checkpoint is None:
@@ -131,6 +131,7 @@ def build_training_hooks(
         else None,
         hooks.PeriodicWriter(writers, period=train.log_period) if main else None,
         SegPeriodicCheckpointer(checkpointer, **train.checkpointer, writers=files) if main else None,
+        RunSummary(train.output_dir, checkpointer, best_checkpointer=best) if main else None,
     ]
 
 
@@ -224,17 +225,30 @@ def do_eval_only(cfg: DictConfig) -> Dict:
 
 def main(args) -> None:
     cfg = load_config(args.config_file, overrides=args.opts)
-    default_setup(cfg, args)
-    # default_setup configures the "detectron2" and "fvcore" loggers; ours logs too.
-    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="dinov3_m2f")
-    if args.eval_only:
-        do_eval_only(cfg)
-    else:
-        do_train(args, cfg)
+    lock = setup_run(cfg, args)
+    try:
+        if args.eval_only:
+            do_eval_only(cfg)
+        else:
+            do_train(args, cfg)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def argument_parser() -> argparse.ArgumentParser:
+    """detectron2's ``default_argument_parser`` with ``--force-output-dir``."""
+    parser = default_argument_parser(epilog=__doc__)
+    parser.add_argument(
+        "--force-output-dir", action="store_true",
+        help="train even if train.output_dir/run.lock names another run (see "
+             "docs/training_resume.md)",
+    )
+    return parser
 
 
 def invoke_main() -> None:
-    args = default_argument_parser(epilog=__doc__).parse_args()
+    args = argument_parser().parse_args()
     launch(
         main,
         args.num_gpus,

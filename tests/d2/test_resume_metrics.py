@@ -1,5 +1,6 @@
 """``metrics.json`` after ``--resume``: every logged iteration exactly once, in order, and the
-evaluations that followed, also when iterations were logged after the checkpoint resumed from."""
+evaluations that followed, also when iterations were logged after the checkpoint resumed from;
+the lock of the killed run is taken over."""
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ from detectron2.utils.events import EventStorage, JSONWriter  # noqa: E402
 from test_exact_resume import SUBPROCESS_TIMEOUT_S, _command, _metrics  # noqa: E402
 
 from dinov3_m2f.metrics_log import drop_metrics_from  # noqa: E402
+from dinov3_m2f.run_lock import LOCK_FILE  # noqa: E402
 from helpers import kill_when_file_appears  # noqa: E402
 
 # 8 iterations; checkpoints after iterations 2 and 5; an evaluation (and model_best.pth) after
@@ -65,6 +67,10 @@ def test_resume_after_iterations_logged_past_the_checkpoint_logs_each_iteration_
     proc = subprocess.run([*_command(out, "--resume"), *INTERRUPTED], env=synthetic_env,
                           capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    # the killed run left its lock; the resumed run took it over and removed it at the end
+    assert "Taking over the lock" in proc.stdout + proc.stderr
+    assert "its process is no longer running" in proc.stdout + proc.stderr
+    assert not os.path.exists(os.path.join(out, LOCK_FILE))
     entries = _metrics(out)
     # iterations 0..7 once each, then the final evaluation (stored as iteration max_iter)
     assert [e["iteration"] for e in entries] == list(range(MAX_ITER + 1))

@@ -102,6 +102,16 @@ class BestCheckpointer(hooks.BestCheckpointer):
                 self._val_metric, value, iteration, previous, self._file_prefix,
             )
 
+    @property
+    def val_metric(self) -> str:
+        """The metric compared, e.g. ``sem_seg/mIoU``."""
+        return self._val_metric
+
+    @property
+    def file_name(self) -> str:
+        """The best checkpoint's file name in the checkpointer's folder."""
+        return f"{self._file_prefix}.pth"
+
     def state_dict(self) -> Dict[str, Any]:
         return {"best_metric": self.best_metric, "best_iter": self.best_iter}
 
