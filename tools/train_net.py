@@ -49,6 +49,7 @@ from dinov3_m2f.config_schema import AMP_DTYPES
 from dinov3_m2f.d2.checkpoint import TrainableCheckpointer
 from dinov3_m2f.d2.config import load_config
 from dinov3_m2f.d2.evaluation import results_to_json
+from dinov3_m2f.d2.resume_settings import ResumeSettings
 from dinov3_m2f.d2.run_setup import setup_run
 from dinov3_m2f.d2.run_summary import METRICS_FILE, RunSummary
 from dinov3_m2f.d2.hooks import BestCheckpointer, EarlyStopping, SegEvalHook, SegPeriodicCheckpointer
@@ -100,11 +101,15 @@ def wrap_ddp(model: nn.Module, device: torch.device, **ddp_kwargs) -> nn.Module:
 
 
 def build_training_hooks(
-    cfg: DictConfig, checkpointer: TrainableCheckpointer, eval_function: Callable[[], Dict]
+    cfg: DictConfig,
+    checkpointer: TrainableCheckpointer,
+    eval_function: Callable[[], Dict],
+    resume_settings: ResumeSettings,
 ) -> List[Optional[hooks.HookBase]]:
     """The hooks of a training run, in execution order.
 
-    The best checkpoint and early stopping come after the evaluation whose results they read;
+    ``resume_settings`` comes before the LR scheduler (the base learning rates it restores);
+    the best checkpoint and early stopping come after the evaluation whose results they read;
     the periodic checkpoint comes after the metrics of its iteration are written, so that a run
     resumed from it continues exactly (best value, ``metrics.json``); the summary comes last.
     Hooks that only the main process runs are None elsewhere (``register_hooks`` drops them).
@@ -123,6 +128,7 @@ def build_training_hooks(
     files = [w for w in writers if not isinstance(w, CommonMetricPrinter)]
     return [
         hooks.IterationTimer(),
+        resume_settings,
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
         SegEvalHook(train.eval_period, eval_function),
         best,
@@ -196,8 +202,12 @@ def do_train(args, cfg: DictConfig) -> SegTrainer:
         exclude_prefixes=rebuilt_prefixes,
         trainer=trainer,
     )
+    data_settings = dict(dataset_size=len(train_loader.dataset.dataset),
+                         total_batch_size=cfg.dataloader.train.total_batch_size,
+                         grad_accum_steps=cfg.train.grad_accum_steps)
+    resume_settings = ResumeSettings(optimizer, data_settings=data_settings)
     trainer.register_hooks(
-        build_training_hooks(cfg, checkpointer, lambda: do_test(cfg, model))
+        build_training_hooks(cfg, checkpointer, lambda: do_test(cfg, model), resume_settings)
     )
 
     start_iter = load_start_state(args, cfg, checkpointer)
