@@ -1,6 +1,7 @@
 """One output directory, one run: ``run.lock`` (host, pid, start time); a second run is refused
-naming the first, on every process; a lock of a dead process is taken over with a warning;
-``--force-output-dir`` overrides; the lock goes at the end of the run."""
+naming the first, on every process; a stale lock (dead process on this host, earlier run of this
+SLURM job, not refreshed for long) is taken over with a warning; ``--force-output-dir``
+overrides; the lock goes at the end of the run."""
 import json
 import logging
 import os
@@ -8,6 +9,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -15,7 +17,13 @@ pytest.importorskip("detectron2")
 
 from test_train_net import SUBPROCESS_TIMEOUT_S, _command  # noqa: E402
 
-from dinov3_m2f.run_lock import LOCK_FILE, OutputDirLockedError, acquire_output_lock  # noqa: E402
+from dinov3_m2f.run_lock import (  # noqa: E402
+    LOCK_FILE, STALE_AFTER_S, OutputDirLockedError, acquire_output_lock,
+)
+
+# Bound of the wait for the heartbeat thread (it refreshes every HEARTBEAT_TEST_S).
+HEARTBEAT_TEST_S = 0.01
+HEARTBEAT_WAIT_S = 30
 
 
 def _dead_pid():
@@ -73,6 +81,37 @@ def test_another_host_is_refused_unless_forced_and_release_keeps_a_newer_lock(tm
     _write_lock(tmp_path, pid=os.getpid() + 1)  # another run forced its way in since
     forced.release()
     assert os.path.exists(tmp_path / LOCK_FILE)
+
+
+def test_a_lock_from_another_host_is_taken_over_once_it_is_no_longer_refreshed(tmp_path, caplog):
+    _write_lock(tmp_path, host="other-node")
+    old = time.time() - STALE_AFTER_S - 60
+    os.utime(tmp_path / LOCK_FILE, (old, old))
+    with caplog.at_level(logging.WARNING, logger="dinov3_m2f"):
+        acquire_output_lock(str(tmp_path)).release()
+    assert "on host other-node" in caplog.text and "it was last refreshed" in caplog.text
+
+
+def test_an_earlier_run_of_this_slurm_job_is_taken_over(tmp_path, caplog, monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    _write_lock(tmp_path, host="other-node", slurm_job_id="4242")
+    with caplog.at_level(logging.WARNING, logger="dinov3_m2f"):
+        acquire_output_lock(str(tmp_path)).release()
+    assert "an earlier run of this SLURM job (4242), requeued" in caplog.text
+    _write_lock(tmp_path, host="other-node", slurm_job_id="17")
+    with pytest.raises(OutputDirLockedError):
+        acquire_output_lock(str(tmp_path))
+
+
+def test_a_live_run_refreshes_its_lock(tmp_path):
+    lock = acquire_output_lock(str(tmp_path), heartbeat_s=HEARTBEAT_TEST_S)
+    os.utime(tmp_path / LOCK_FILE, (0, 0))
+    deadline = time.time() + HEARTBEAT_WAIT_S
+    while os.path.getmtime(tmp_path / LOCK_FILE) == 0:
+        assert time.time() < deadline, "the lock was not refreshed"
+        time.sleep(HEARTBEAT_TEST_S)
+    lock.release()
+    assert not os.path.exists(tmp_path / LOCK_FILE)
 
 
 @pytest.mark.parametrize("processes", [1, 2])
