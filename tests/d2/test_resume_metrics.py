@@ -1,6 +1,6 @@
 """``metrics.json`` after ``--resume``: every logged iteration exactly once, in order, and the
 evaluations that followed, also when iterations were logged after the checkpoint resumed from;
-the lock of the killed run is taken over."""
+the lock of the killed run is taken over; a learning rate changed on resume applies."""
 import json
 import os
 import subprocess
@@ -19,6 +19,8 @@ from helpers import kill_when_file_appears  # noqa: E402
 # 8 iterations; checkpoints after iterations 2 and 5; an evaluation (and model_best.pth) after
 # iteration 4, once iteration 3 is logged; the final evaluation is logged as iteration 8.
 MAX_ITER = 8
+# The tiny config's learning rate, and the one the resumed run is given.
+CONFIG_LR, RESUMED_LR = 0.001, 0.0005
 # (appended after the shared overrides, which they replace)
 INTERRUPTED = ["train.checkpointer.period=3", "train.eval_period=5"]
 
@@ -62,11 +64,15 @@ def test_resume_after_iterations_logged_past_the_checkpoint_logs_each_iteration_
     with open(os.path.join(out, "last_checkpoint")) as f:
         assert f.read().strip() == "model_0000002.pth"
     # the interrupted run logged past its checkpoint: the resumed run writes those entries again
-    assert max(e["iteration"] for e in _metrics(out)) >= 3
+    interrupted = {e["iteration"]: e for e in _metrics(out)}
+    assert max(interrupted) >= 3
 
-    proc = subprocess.run([*_command(out, "--resume"), *INTERRUPTED], env=synthetic_env,
-                          capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S)
+    # resumed with half the learning rate: the config's value applies, the schedule goes on
+    proc = subprocess.run([*_command(out, "--resume"), *INTERRUPTED, f"optimizer.lr={RESUMED_LR}"],
+                          env=synthetic_env, capture_output=True, text=True,
+                          timeout=SUBPROCESS_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    assert f"lr {CONFIG_LR} -> {RESUMED_LR} (group 0)" in proc.stdout + proc.stderr
     # the killed run left its lock; the resumed run took it over and removed it at the end
     assert "Taking over the lock" in proc.stdout + proc.stderr
     assert "its process is no longer running" in proc.stdout + proc.stderr
@@ -76,3 +82,5 @@ def test_resume_after_iterations_logged_past_the_checkpoint_logs_each_iteration_
     assert [e["iteration"] for e in entries] == list(range(MAX_ITER + 1))
     assert "sem_seg/mIoU" in entries[-1]
     assert all("total_loss" in e for e in entries[:MAX_ITER])
+    assert entries[2]["lr"] == interrupted[2]["lr"]
+    assert entries[3]["lr"] == pytest.approx(interrupted[3]["lr"] * RESUMED_LR / CONFIG_LR)
