@@ -15,12 +15,14 @@ logger = logging.getLogger(__name__)
 __all__ = ["RunSummary"]
 
 METRICS_FILE = "metrics.json"  # detectron2's JSONWriter
+LAST_CHECKPOINT_FILE = "last_checkpoint"  # fvcore's Checkpointer
 # The scalars the summary quotes, when the run stored them.
 SUMMARY_METRICS = ("sem_seg/mIoU", "sem_seg/fwIoU", "sem_seg/mACC", "sem_seg/pACC", "total_loss")
 
 
 class RunSummary(HookBase):
-    """Log one summary after training (also after an error): the iteration reached, the latest
+    """Log one summary after training (also after an error or a stop request of
+    :class:`~dinov3_m2f.d2.trainer.SegTrainer`): the iterations run, the latest
     value of each of ``metrics`` with its iteration, and the paths of the newest checkpoint, the
     best checkpoint, ``metrics.json`` and the TensorBoard events. Register it last, on the main
     process, so that the final evaluation, writers and checkpoint have run."""
@@ -47,16 +49,20 @@ class RunSummary(HookBase):
 
     def _lines(self):
         trainer, folder = self.trainer, self._output_dir
-        finished = trainer.iter >= trainer.max_iter
-        yield (f"Training {'finished' if finished else 'ended early, with an error,'} after "
-               f"iteration {trainer.iter - 1} of {trainer.max_iter}")
+        if trainer.stopped_early:
+            yield f"Training stopped after {trainer.iter} iterations: {trainer.stop_reason}"
+        elif trainer.iter >= trainer.max_iter:
+            yield f"Training finished: {trainer.iter} of {trainer.max_iter} iterations"
+        else:
+            yield f"Training ended with an error in iteration {trainer.iter} of {trainer.max_iter}"
         latest = trainer.storage.latest()
         for name in self._metrics:
             if name in latest:
                 value, iteration = latest[name]
                 yield f"  {name} = {value:.4f} (iteration {iteration})"
         if self._checkpointer.has_checkpoint():
-            newest = self._checkpointer.get_checkpoint_file()
+            with open(os.path.join(self._checkpointer.save_dir, LAST_CHECKPOINT_FILE)) as f:
+                newest = os.path.join(self._checkpointer.save_dir, f.read().strip())
             yield f"  checkpoint (--resume continues from it): {newest}"
         best = self._best
         if best is not None and best.best_metric is not None:
