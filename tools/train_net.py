@@ -16,7 +16,10 @@ The config provides (see ``configs/common/train.py`` for the ``train`` fields):
 ``--resume`` continues from the checkpoint named in ``train.output_dir/last_checkpoint`` (the
 newest periodic or final one) exactly as an uninterrupted run would have; without a checkpoint
 there it says so and starts from ``train.init_checkpoint``, so a preemptible job can always pass
-``--resume``.
+``--resume``. The config's optimizer values apply after a resume; other data settings give a
+warning (docs/training_resume.md). A training run locks ``train.output_dir`` (``run.lock``;
+``--force-output-dir`` overrides) and ends with a summary of its metrics and files;
+``--eval-only`` saves its config as ``config_eval.yaml``, leaving the training ``config.yaml``.
 
 Examples:
     python tools/train_net.py --config-file configs/synthetic/m2f_tiny_synthetic.py
