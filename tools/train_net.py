@@ -52,10 +52,10 @@ from dinov3_m2f.config_schema import AMP_DTYPES
 from dinov3_m2f.d2.checkpoint import TrainableCheckpointer
 from dinov3_m2f.d2.config import load_config
 from dinov3_m2f.d2.evaluation import results_to_json
+from dinov3_m2f.d2.hooks import BestCheckpointer, EarlyStopping, SegEvalHook, SegPeriodicCheckpointer
 from dinov3_m2f.d2.resume_settings import ResumeSettings
 from dinov3_m2f.d2.run_setup import setup_run
 from dinov3_m2f.d2.run_summary import METRICS_FILE, RunSummary
-from dinov3_m2f.d2.hooks import BestCheckpointer, EarlyStopping, SegEvalHook, SegPeriodicCheckpointer
 from dinov3_m2f.d2.trainer import SegTrainer, resolve_device
 from dinov3_m2f.modeling.torch_compile import compile_parts
 from dinov3_m2f.training import frozen_state_prefixes, set_trainable

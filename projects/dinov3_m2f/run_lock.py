@@ -80,7 +80,8 @@ def _pid_alive(pid: Any) -> bool:
 
 def _create_exclusive(path: str, content: Dict[str, Any]) -> bool:
     """Create ``path`` holding ``content`` in one step (a hard link to a complete temporary
-    file); False when ``path`` exists."""
+    file; where the file system has no hard links, an exclusive create, then the write);
+    False when ``path`` exists."""
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
         json.dump(content, f)
@@ -88,6 +89,12 @@ def _create_exclusive(path: str, content: Dict[str, Any]) -> bool:
         os.link(tmp, path)
     except FileExistsError:
         return False
+    except OSError:  # no hard links here
+        try:
+            with open(path, "x") as f:
+                json.dump(content, f)
+        except FileExistsError:
+            return False
     finally:
         os.unlink(tmp)
     return True

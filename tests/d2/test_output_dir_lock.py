@@ -83,6 +83,19 @@ def test_another_host_is_refused_unless_forced_and_release_keeps_a_newer_lock(tm
     assert os.path.exists(tmp_path / LOCK_FILE)
 
 
+def test_a_file_system_without_hard_links_gets_the_lock_too(tmp_path, monkeypatch):
+    def no_link(source, destination):
+        raise PermissionError(f"hard links are not supported: {destination}")
+
+    monkeypatch.setattr(os, "link", no_link)
+    lock = acquire_output_lock(str(tmp_path))
+    assert _holder(tmp_path)["pid"] == os.getpid()
+    with pytest.raises(OutputDirLockedError):
+        acquire_output_lock(str(tmp_path))
+    lock.release()
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_lock_from_another_host_is_taken_over_once_it_is_no_longer_refreshed(tmp_path, caplog):
     _write_lock(tmp_path, host="other-node")
     old = time.time() - STALE_AFTER_S - 60

@@ -168,7 +168,7 @@ class SkippingSemSegEvaluator(SemSegEvaluator):
                 "%d images were skipped on this process because their ground truth could not be "
                 "read: %s", len(self.skipped), ", ".join(self.skipped[:MAX_LISTED]),
             )
-        # the last row and column of the confusion matrix count the ignored ground truth
+        # rows: predicted class, columns: ground truth; the last column counts the ignored pixels
         counts = [(self.evaluated, len(self.skipped), int(self._conf_matrix[:-1, :-1].sum()))]
         if self._distributed:
             counts = comm.all_gather(counts[0])

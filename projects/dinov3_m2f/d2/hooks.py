@@ -72,8 +72,8 @@ class BestCheckpointer(hooks.BestCheckpointer):
 
     Unlike detectron2's, it updates the best value before writing the file (so the file's trainer
     state holds it), raises when the evaluation lacks the metric and never takes a NaN or
-    infinite value (a warning names it). The file's ``iteration`` is
-    that of the metric: ``max_iter`` for the final evaluation, as in detectron2's storage.
+    infinite value (a warning names it). The file's ``iteration`` is that of the metric:
+    ``max_iter`` for the final evaluation, as in detectron2's storage.
     """
 
     def _best_checking(self) -> None:
