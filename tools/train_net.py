@@ -16,7 +16,10 @@ The config provides (see ``configs/common/train.py`` for the ``train`` fields):
 ``--resume`` continues from the checkpoint named in ``train.output_dir/last_checkpoint`` (the
 newest periodic or final one) exactly as an uninterrupted run would have; without a checkpoint
 there it says so and starts from ``train.init_checkpoint``, so a preemptible job can always pass
-``--resume``.
+``--resume``. The config's optimizer values apply after a resume; other data settings give a
+warning (docs/training_resume.md). A training run locks ``train.output_dir`` (``run.lock``;
+``--force-output-dir`` overrides) and ends with a summary of its metrics and files;
+``--eval-only`` saves its config as ``config_eval.yaml``, leaving the training ``config.yaml``.
 
 Examples:
     python tools/train_net.py --config-file configs/synthetic/m2f_tiny_synthetic.py
@@ -25,7 +28,7 @@ Examples:
     python tools/train_net.py --config-file <cfg> --resume
     python tools/train_net.py --config-file <cfg> --eval-only train.init_checkpoint=<model.pth>
 """
-import json
+import argparse
 import logging
 import os
 from typing import Callable, Dict, List, Optional, Tuple
@@ -35,7 +38,6 @@ from detectron2.config import instantiate
 from detectron2.engine import (
     create_ddp_model,
     default_argument_parser,
-    default_setup,
     default_writers,
     hooks,
     launch,
@@ -43,14 +45,17 @@ from detectron2.engine import (
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter
-from detectron2.utils.logger import setup_logger
 from omegaconf import DictConfig
 from torch import nn
 
 from dinov3_m2f.config_schema import AMP_DTYPES
 from dinov3_m2f.d2.checkpoint import TrainableCheckpointer
 from dinov3_m2f.d2.config import load_config
+from dinov3_m2f.d2.evaluation import results_to_json
 from dinov3_m2f.d2.hooks import BestCheckpointer, EarlyStopping, SegEvalHook, SegPeriodicCheckpointer
+from dinov3_m2f.d2.resume_settings import ResumeSettings
+from dinov3_m2f.d2.run_setup import setup_run
+from dinov3_m2f.d2.run_summary import METRICS_FILE, RunSummary
 from dinov3_m2f.d2.trainer import SegTrainer, resolve_device
 from dinov3_m2f.modeling.torch_compile import compile_parts
 from dinov3_m2f.training import frozen_state_prefixes, set_trainable
@@ -59,7 +64,6 @@ from dinov3_m2f.metrics_log import drop_metrics_from
 logger = logging.getLogger("detectron2")
 
 EVAL_RESULTS_FILE = "eval_results.json"
-METRICS_FILE = "metrics.json"  # detectron2's JSONWriter
 
 
 def do_test(cfg: DictConfig, model: nn.Module) -> Dict:
@@ -100,14 +104,18 @@ def wrap_ddp(model: nn.Module, device: torch.device, **ddp_kwargs) -> nn.Module:
 
 
 def build_training_hooks(
-    cfg: DictConfig, checkpointer: TrainableCheckpointer, eval_function: Callable[[], Dict]
+    cfg: DictConfig,
+    checkpointer: TrainableCheckpointer,
+    eval_function: Callable[[], Dict],
+    resume_settings: ResumeSettings,
 ) -> List[Optional[hooks.HookBase]]:
     """The hooks of a training run, in execution order.
 
-    The best checkpoint and early stopping come after the evaluation whose results they read;
-    the periodic checkpoint comes last, after the metrics of its iteration are written, so that
-    a run resumed from it continues exactly (best value, ``metrics.json``). Hooks that only the
-    main process runs are None elsewhere (``register_hooks`` drops them).
+    ``resume_settings`` comes before the LR scheduler (the base learning rates it restores);
+    the best checkpoint and early stopping come after the evaluation whose results they read;
+    the periodic checkpoint comes after the metrics of its iteration are written, so that a run
+    resumed from it continues exactly (best value, ``metrics.json``); the summary comes last.
+    Hooks that only the main process runs are None elsewhere (``register_hooks`` drops them).
     """
     train = cfg.train
     if train.early_stopping is not None and train.best_checkpoint is None:
@@ -123,6 +131,7 @@ def build_training_hooks(
     files = [w for w in writers if not isinstance(w, CommonMetricPrinter)]
     return [
         hooks.IterationTimer(),
+        resume_settings,
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
         SegEvalHook(train.eval_period, eval_function),
         best,
@@ -131,6 +140,7 @@ def build_training_hooks(
         else None,
         hooks.PeriodicWriter(writers, period=train.log_period) if main else None,
         SegPeriodicCheckpointer(checkpointer, **train.checkpointer, writers=files) if main else None,
+        RunSummary(train.output_dir, checkpointer, best_checkpointer=best) if main else None,
     ]
 
 
@@ -195,8 +205,12 @@ def do_train(args, cfg: DictConfig) -> SegTrainer:
         exclude_prefixes=rebuilt_prefixes,
         trainer=trainer,
     )
+    data_settings = dict(dataset_size=len(train_loader.dataset.dataset),
+                         total_batch_size=cfg.dataloader.train.total_batch_size,
+                         grad_accum_steps=cfg.train.grad_accum_steps)
+    resume_settings = ResumeSettings(optimizer, data_settings=data_settings)
     trainer.register_hooks(
-        build_training_hooks(cfg, checkpointer, lambda: do_test(cfg, model))
+        build_training_hooks(cfg, checkpointer, lambda: do_test(cfg, model), resume_settings)
     )
 
     start_iter = load_start_state(args, cfg, checkpointer)
@@ -217,24 +231,37 @@ def do_eval_only(cfg: DictConfig) -> Dict:
     if comm.is_main_process():
         path = os.path.join(cfg.train.output_dir, EVAL_RESULTS_FILE)
         with open(path, "w") as f:
-            json.dump(results, f, indent=2)
+            f.write(results_to_json(results))
         logger.info("Evaluation results written to %s", path)
     return results
 
 
 def main(args) -> None:
     cfg = load_config(args.config_file, overrides=args.opts)
-    default_setup(cfg, args)
-    # default_setup configures the "detectron2" and "fvcore" loggers; ours logs too.
-    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="dinov3_m2f")
-    if args.eval_only:
-        do_eval_only(cfg)
-    else:
-        do_train(args, cfg)
+    lock = setup_run(cfg, args)
+    try:
+        if args.eval_only:
+            do_eval_only(cfg)
+        else:
+            do_train(args, cfg)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def argument_parser() -> argparse.ArgumentParser:
+    """detectron2's ``default_argument_parser`` with ``--force-output-dir``."""
+    parser = default_argument_parser(epilog=__doc__)
+    parser.add_argument(
+        "--force-output-dir", action="store_true",
+        help="train even if train.output_dir/run.lock names another run (see "
+             "docs/training_resume.md)",
+    )
+    return parser
 
 
 def invoke_main() -> None:
-    args = default_argument_parser(epilog=__doc__).parse_args()
+    args = argument_parser().parse_args()
     launch(
         main,
         args.num_gpus,

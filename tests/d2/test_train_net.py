@@ -251,7 +251,7 @@ def do_train_and_dump(args, cfg):
 
 train_net.do_train = do_train_and_dump
 if __name__ == "__main__":
-    args = train_net.default_argument_parser().parse_args()
+    args = train_net.argument_parser().parse_args()
     launch(train_net.main, args.num_gpus, dist_url=args.dist_url, args=(args,))
 """
     )

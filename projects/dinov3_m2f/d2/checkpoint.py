@@ -10,6 +10,7 @@ model built from the same config.
 """
 import logging
 import os
+import re
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from detectron2.checkpoint import DetectionCheckpointer
@@ -20,6 +21,27 @@ from dinov3_m2f.atomic_files import atomic_open
 from dinov3_m2f.weights.files import describe_key_mismatch, load_checkpoint_file, save_finite
 
 logger = logging.getLogger(__name__)
+
+# Files --resume may fall back to: periodic (model_0000039.pth) and final checkpoints, never
+# model_best.pth (not the newest state).
+RESUMABLE_NAME = re.compile(r"model_(\d+|final)\.pth")
+
+
+def _readable(path: str) -> bool:
+    try:
+        load_checkpoint_file(path)
+    except (OSError, ValueError) as e:
+        logger.warning("Not resuming from %s: %s", path, e)
+        return False
+    return True
+
+
+def newest_readable_checkpoint(folder: str) -> Optional[str]:
+    """The newest (by modification time) periodic or final checkpoint of ``folder`` that loads,
+    or None; files that do not load are named in a warning each."""
+    candidates = [os.path.join(folder, f) for f in os.listdir(folder) if RESUMABLE_NAME.fullmatch(f)]
+    candidates.sort(key=lambda p: (os.path.getmtime(p), p), reverse=True)
+    return next((path for path in candidates if _readable(path)), None)
 
 
 class TrainableCheckpointer(DetectionCheckpointer):
@@ -96,6 +118,32 @@ class TrainableCheckpointer(DetectionCheckpointer):
         save_finite(data, save_file)
         if tag_last:
             self.tag_last_checkpoint(basename)
+
+    def get_checkpoint_file(self) -> str:
+        """The file ``last_checkpoint`` names; when that file is missing or empty, a warning
+        naming it and the newest readable periodic or final checkpoint instead.
+
+        Raises:
+            FileNotFoundError: no checkpoint of the folder can be resumed from; names the file
+                ``last_checkpoint`` named.
+        """
+        named = super().get_checkpoint_file()
+        if not named:  # last_checkpoint is gone (it was there when has_checkpoint was asked)
+            return named
+        if os.path.isfile(named) and os.path.getsize(named) > 0:
+            return named
+        problem = "is empty" if os.path.isfile(named) else "does not exist"
+        if named.rstrip(os.sep) == self.save_dir.rstrip(os.sep):
+            named, problem = os.path.join(self.save_dir, "last_checkpoint"), "names no file"
+        fallback = newest_readable_checkpoint(self.save_dir)
+        if fallback is None:
+            raise FileNotFoundError(
+                f"Cannot resume: {named} (named in {self.save_dir}/last_checkpoint) {problem}, "
+                f"and {self.save_dir} holds no other readable model_*.pth checkpoint"
+            )
+        logger.warning("%s (named in last_checkpoint) %s; resuming from %s, the newest readable "
+                       "checkpoint, instead", named, problem, fallback)
+        return fallback
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         """Atomically record ``last_filename_basename`` as the newest checkpoint."""

@@ -3,16 +3,22 @@ files skipped with a warning naming them (training stops on them; one corrupt im
 thousands should not throw away an evaluation). :func:`build_sem_seg_test_loader` leaves out an
 image that raises ``UnreadableImageError``; :class:`SkippingSemSegEvaluator` one whose mask is
 missing or does not decode. Masks that decode but are wrong (multi-channel, labels out of range)
-still raise: those are configuration errors that would otherwise skip every image.
+still raise: those are configuration errors that would otherwise skip every image. An evaluation
+that ends with no labelled ground-truth pixel (every mask all ignore, or every file unreadable)
+raises :class:`NothingToEvaluateError` instead of reporting NaN metrics; :func:`results_to_json`
+writes the metrics of classes absent from the ground truth (NaN) as ``null``.
 """
 import functools
+import json
 import logging
+import math
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch.utils.data as torchdata
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
 from detectron2.evaluation import SemSegEvaluator
+from detectron2.utils import comm
 
 from dinov3_m2f.listing import MAX_LISTED
 from dinov3_m2f.data.image import UnreadableImageError
@@ -21,10 +27,12 @@ from dinov3_m2f.data.masks import read_mask_for_image
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "NothingToEvaluateError",
     "SemSegGroundTruthLoader",
     "SkippingSemSegEvaluator",
     "UnreadableGroundTruthError",
     "build_sem_seg_test_loader",
+    "results_to_json",
 ]
 
 # Key of the placeholder record that stands for an image that could not be read.
@@ -59,6 +67,24 @@ def build_sem_seg_test_loader(
         dataset, mapper=functools.partial(_map_or_skip, mapper), sampler=sampler,
         batch_size=batch_size, num_workers=num_workers, collate_fn=_drop_unreadable,
     )
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def results_to_json(results: Dict) -> str:
+    """Evaluation results as strict JSON text: NaN and infinite values (e.g. the IoU of a class
+    absent from the ground truth) become ``null``."""
+    return json.dumps(_finite_or_none(results), indent=2, allow_nan=False)
+
+
+class NothingToEvaluateError(ValueError):
+    """The evaluation saw no labelled ground-truth pixel: its metrics would all be NaN."""
 
 
 class UnreadableGroundTruthError(ValueError):
@@ -117,6 +143,7 @@ class SkippingSemSegEvaluator(SemSegEvaluator):
     def reset(self) -> None:
         super().reset()
         self.skipped = []
+        self.evaluated = 0  # pairs counted in the confusion matrix on this process
 
     def process(self, inputs: List[Dict], outputs: List[Dict]) -> None:
         """Evaluate pair by pair: the mask is read before the pair touches any metric state, so
@@ -124,14 +151,34 @@ class SkippingSemSegEvaluator(SemSegEvaluator):
         for single_input, single_output in zip(inputs, outputs):
             try:
                 super().process([single_input], [single_output])
+                self.evaluated += 1
             except UnreadableGroundTruthError as e:
                 logger.warning("Skipping %s in evaluation: %s", single_input["file_name"], e)
                 self.skipped.append(single_input["file_name"])
 
     def evaluate(self):
+        """The metrics of detectron2's evaluator.
+
+        Raises:
+            NothingToEvaluateError: on every process, when no process counted a labelled
+                ground-truth pixel; names the dataset and how many images were evaluated.
+        """
         if self.skipped:
             logger.warning(
                 "%d images were skipped on this process because their ground truth could not be "
                 "read: %s", len(self.skipped), ", ".join(self.skipped[:MAX_LISTED]),
+            )
+        # rows: predicted class, columns: ground truth; the last column counts the ignored pixels
+        counts = [(self.evaluated, len(self.skipped), int(self._conf_matrix[:-1, :-1].sum()))]
+        if self._distributed:
+            counts = comm.all_gather(counts[0])
+        evaluated, skipped, labelled = (sum(column) for column in zip(*counts))
+        if labelled == 0:
+            raise NothingToEvaluateError(
+                f"evaluation of {self._dataset_name}: no labelled ground-truth pixel in the "
+                f"{evaluated} images evaluated ({skipped} more skipped: unreadable mask; images "
+                "the loader could not read are named in the warnings above); every mIoU, fwIoU, "
+                "mACC and pACC would be NaN. Check that the masks hold class ids other than the "
+                "ignore value and that the files are readable"
             )
         return super().evaluate()

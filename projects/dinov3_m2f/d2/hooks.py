@@ -9,6 +9,7 @@ this order after the LR scheduler: ``SegEvalHook``, ``BestCheckpointer`` (main p
 iteration's evaluation, and ``metrics.json`` every entry up to it.
 """
 import logging
+import math
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 from detectron2.engine import HookBase, hooks
@@ -70,8 +71,9 @@ class BestCheckpointer(hooks.BestCheckpointer):
     which holds the evaluation results.
 
     Unlike detectron2's, it updates the best value before writing the file (so the file's trainer
-    state holds it) and raises when the evaluation lacks the metric. The file's ``iteration`` is
-    that of the metric: ``max_iter`` for the final evaluation, as in detectron2's storage.
+    state holds it), raises when the evaluation lacks the metric and never takes a NaN or
+    infinite value (a warning names it). The file's ``iteration`` is that of the metric:
+    ``max_iter`` for the final evaluation, as in detectron2's storage.
     """
 
     def _best_checking(self) -> None:
@@ -83,7 +85,12 @@ class BestCheckpointer(hooks.BestCheckpointer):
             )
         value, iteration = latest
         previous, previous_iter = self.best_metric, self.best_iter
-        if previous is not None and not self._compare(value, previous):
+        if not math.isfinite(value):
+            logger.warning(
+                "%s=%s at iteration %d is NaN or infinite; it is never the best (kept: %s at "
+                "iteration %s)", self._val_metric, value, iteration, previous, previous_iter,
+            )
+        elif previous is not None and not self._compare(value, previous):
             logger.info(
                 "%s=%.5f at iteration %d is not better than %.5f at iteration %d",
                 self._val_metric, value, iteration, previous, previous_iter,
@@ -94,6 +101,16 @@ class BestCheckpointer(hooks.BestCheckpointer):
                 "New best %s=%.5f at iteration %d (previous: %s); saved %s.pth",
                 self._val_metric, value, iteration, previous, self._file_prefix,
             )
+
+    @property
+    def val_metric(self) -> str:
+        """The metric compared, e.g. ``sem_seg/mIoU``."""
+        return self._val_metric
+
+    @property
+    def file_name(self) -> str:
+        """The best checkpoint's file name in the checkpointer's folder."""
+        return f"{self._file_prefix}.pth"
 
     def state_dict(self) -> Dict[str, Any]:
         return {"best_metric": self.best_metric, "best_iter": self.best_iter}

@@ -12,7 +12,7 @@ import glob
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..listing import short_list
 
@@ -43,6 +43,24 @@ def datasets_root() -> str:
     return os.path.expanduser(os.environ.get("DETECTRON2_DATASETS", "datasets"))
 
 
+def _walk_following_links(directory: str) -> Iterator[Tuple[str, List[str], List[str]]]:
+    """``os.walk`` in sorted order, following symbolic links to folders, each real folder once."""
+    visited = {os.path.realpath(directory)}
+    for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
+        kept = []
+        for name in sorted(dirnames):
+            path = os.path.join(dirpath, name)
+            real = os.path.realpath(path)
+            if real in visited:
+                logger.warning("Skipping %s: it leads to %s, which is already listed (a link "
+                               "loop or a second link to one folder)", path, real)
+                continue
+            visited.add(real)
+            kept.append(name)
+        dirnames[:] = kept
+        yield dirpath, dirnames, filenames
+
+
 def list_files(
     directory: str, suffixes: Sequence[str]
 ) -> Tuple[Dict[str, str], List[Tuple[str, str]]]:
@@ -56,12 +74,14 @@ def list_files(
         (key -> path, where the key is the path relative to ``directory`` minus the ending;
         (kept path, other path) for every further file with an already-seen key, e.g. ``a.jpg``
         and ``a.png``). Walked in sorted order, so the first file in that order is kept.
+        Symbolic links to folders are followed (data often lives on another file system); a
+        folder reached a second time (a link loop, or two links to one folder) is skipped with
+        a warning naming the link.
     """
     endings = tuple(s.lower() for s in suffixes)
     found: Dict[str, str] = {}
     duplicates: List[Tuple[str, str]] = []
-    for dirpath, dirnames, filenames in os.walk(directory):
-        dirnames.sort()
+    for dirpath, dirnames, filenames in _walk_following_links(directory):
         for filename in sorted(filenames):
             ending = next((s for s in endings if filename.lower().endswith(s)), None)
             if ending is None:
