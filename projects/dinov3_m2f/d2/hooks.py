@@ -119,11 +119,10 @@ class EarlyStopping(HookBase):
             best_checkpointer: the run's best checkpointer on the main process; None elsewhere.
             eval_period: the period of the evaluation hook (> 0).
             patience: evaluations without improvement that end training (>= 1).
+
+        ``TrainSchema`` checks ``train.early_stopping`` and ``train.eval_period`` when the config
+        loads.
         """
-        if not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"early stopping patience must be an int >= 1, got {patience!r}")
-        if eval_period <= 0:
-            raise ValueError("early stopping needs periodic evaluation: set train.eval_period > 0")
         if comm.is_main_process() and best_checkpointer is None:
             raise ValueError("early stopping needs the best checkpointer on the main process")
         self._best = best_checkpointer

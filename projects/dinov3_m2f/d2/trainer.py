@@ -3,7 +3,6 @@ clipping, per-iteration seeding, a non-finite-loss check and stop requests) and 
 process."""
 import contextlib
 import logging
-import re
 import time
 from typing import Dict, Optional, Sequence
 
@@ -14,8 +13,9 @@ from detectron2.utils import comm
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from dinov3_m2f.config_schema import AMP_DTYPES, DEVICE_PATTERN
+from dinov3_m2f.config_schema import AMP_DTYPES
 from dinov3_m2f.data.sampling import derive_seed
+from dinov3_m2f.devices import parse_device
 
 logger = logging.getLogger(__name__)
 
@@ -29,22 +29,9 @@ DIVERGENCE_HINT = (
 
 
 def resolve_device(name: str) -> torch.device:
-    """The device of this process for a device string of the config or command line.
-
-    Args:
-        name: ``"cpu"``, ``"cuda"`` (the GPU of this process' local rank), ``"cuda:<i>"`` or
-            ``"auto"`` (``"cuda"`` when CUDA is available, else ``"cpu"``).
-    """
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if not re.fullmatch(DEVICE_PATTERN, name):
-        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:<i>' or 'auto', got {name!r}")
-    device = torch.device(name)
-    if device.type == "cpu":
-        return device
-    if not torch.cuda.is_available():
-        raise RuntimeError(f"device={name!r} but CUDA is not available; use 'cpu' or 'auto'")
-    return device if device.index is not None else torch.device("cuda", comm.get_local_rank())
+    """:func:`dinov3_m2f.devices.parse_device` with ``"cuda"`` meaning the GPU of this process'
+    local rank."""
+    return parse_device(name, local_rank=comm.get_local_rank())
 
 
 class _StopTraining(BaseException):
@@ -83,6 +70,9 @@ class SegTrainer(SimpleTrainer):
         seed: Optional[int] = None,
     ):
         """
+        The values come from ``cfg.train``, whose ranges :class:`~dinov3_m2f.config_schema.TrainSchema`
+        checks when the config loads.
+
         Args:
             model, data_loader, optimizer: as for ``SimpleTrainer``.
             device: device the model runs on (selects the autocast device type).
@@ -95,14 +85,6 @@ class SegTrainer(SimpleTrainer):
             seed: seed torch's random state per iteration (>= 0); None leaves it alone.
         """
         super().__init__(model, data_loader, optimizer)
-        if amp_dtype is not None and amp_dtype not in AMP_DTYPES:
-            raise ValueError(
-                f"amp_dtype must be one of {sorted(AMP_DTYPES)} or None, got {amp_dtype!r}"
-            )
-        if clip_grad_max_norm < 0:
-            raise ValueError(f"clip_grad_max_norm must be >= 0, got {clip_grad_max_norm}")
-        if not isinstance(grad_accum_steps, int) or grad_accum_steps < 1:
-            raise ValueError(f"grad_accum_steps must be an int >= 1, got {grad_accum_steps!r}")
         self.device = device
         self.amp_dtype = AMP_DTYPES[amp_dtype] if amp_dtype else None
         # Only fp16 needs loss scaling; bf16 has the fp32 exponent range.
