@@ -42,7 +42,6 @@ from detectron2.engine import (
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter
-from detectron2.utils.logger import setup_logger
 from omegaconf import DictConfig
 from torch import nn
 
@@ -50,6 +49,7 @@ from dinov3_m2f.config_schema import AMP_DTYPES
 from dinov3_m2f.d2.checkpoint import TrainableCheckpointer
 from dinov3_m2f.d2.config import load_config
 from dinov3_m2f.d2.hooks import BestCheckpointer, EarlyStopping, SegEvalHook, SegPeriodicCheckpointer
+from dinov3_m2f.d2.logging_setup import setup_run_logging
 from dinov3_m2f.d2.trainer import SegTrainer, resolve_device
 from dinov3_m2f.modeling.torch_compile import compile_parts
 from dinov3_m2f.training import frozen_state_prefixes, set_trainable
@@ -221,9 +221,9 @@ def do_eval_only(cfg: DictConfig) -> Dict:
 
 def main(args) -> None:
     cfg = load_config(args.config_file, overrides=args.opts)
+    # the loggers default_setup uses, and ours, with colour codes kept out of log.txt
+    setup_run_logging(cfg.train.output_dir, rank=comm.get_rank())
     default_setup(cfg, args)
-    # default_setup configures the "detectron2" and "fvcore" loggers; ours logs too.
-    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="dinov3_m2f")
     if args.eval_only:
         do_eval_only(cfg)
     else:

@@ -4,7 +4,7 @@ process."""
 import contextlib
 import logging
 import time
-from typing import Dict, Optional, Sequence
+from typing import Dict, Iterator, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -100,6 +100,13 @@ class SegTrainer(SimpleTrainer):
         self.seed = seed
         self.stop_reason: Optional[str] = None
         self.stopped_early = False
+        self._batch_iterator: Optional[Iterator] = None
+
+    def _batches(self) -> Iterator:
+        """The iterator over ``data_loader``, created on first use (loader workers start then)."""
+        if self._batch_iterator is None:
+            self._batch_iterator = iter(self.data_loader)
+        return self._batch_iterator
 
     def request_stop(self, reason: str) -> None:
         """End training after the current iteration, logging ``reason`` (on every rank)."""
@@ -148,7 +155,7 @@ class SegTrainer(SimpleTrainer):
         summed: Dict[str, torch.Tensor] = {}
         for micro_step in range(self.grad_accum_steps):
             start = time.perf_counter()
-            data = next(self._data_loader_iter)
+            data = next(self._batches())
             data_time += time.perf_counter() - start
             if self.seed is not None:  # after the loader, which may draw (e.g. its first batch)
                 torch.manual_seed(derive_seed(self.seed, self.iter, micro_step, comm.get_rank()))
@@ -169,7 +176,7 @@ class SegTrainer(SimpleTrainer):
             for name, value in loss_dict.items():
                 summed[name] = summed.get(name, 0.0) + value.detach() / self.grad_accum_steps
         self.after_backward()
-        self._write_metrics(summed, data_time)
+        self.write_metrics(summed, data_time, self.iter)
 
         if self.clip_grad_max_norm > 0:
             if self.grad_scaler is not None:
