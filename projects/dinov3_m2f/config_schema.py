@@ -20,6 +20,7 @@ import torch
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationError
 
+from . import config_resolvers  # noqa: F401  (the resolvers of interpolated train values)
 from .devices import check_device_name
 from .modeling.torch_compile import compile_kwargs
 
