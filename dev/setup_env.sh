@@ -14,6 +14,9 @@
 #   dinov3_m2f   Editable install with its dependencies and the test and deploy extras (deploy:
 #                onnx, onnxruntime, onnxscript for tools/export_model.py and tools/infer_onnx.py);
 #                compiles the op (with CUDA kernels when torch is a CUDA build and nvcc matches it).
+#                Skipped ("op up to date, kept") when the op's sources and build files, torch, the
+#                interpreter and the CUDA build settings are those of the last install here
+#                (dev/op_build.py keeps the record next to the compiled extension).
 #
 # Environment:
 #   PYTHON                interpreter or venv python to set up (default: python3)
@@ -131,8 +134,15 @@ read -r FORCE_CUDA cuda_reason <<<"$cuda_decision"
 export FORCE_CUDA
 if [ "$FORCE_CUDA" = 1 ]; then kernels="CPU + CUDA kernels ($cuda_reason)"
 else kernels="CPU kernels only ($cuda_reason)"; fi
-step "dinov3_m2f: editable install with dependencies, test and deploy (onnx, onnxruntime, onnxscript) extras, op with $kernels (pip)" \
-  pip_install --no-build-isolation -e ".[test,deploy]"
+op_decision="$("$PYTHON" dev/op_build.py decide 2>"$LOG")" || { cat "$LOG" >&2; exit 1; }
+read -r op_action op_message <<<"$op_decision"
+if [ "$op_action" = keep ]; then
+  echo "dinov3_m2f: $op_message"
+else
+  step "dinov3_m2f: editable install with dependencies, test and deploy (onnx, onnxruntime, onnxscript) extras, op with $kernels; $op_message (pip)" \
+    pip_install --no-build-isolation -e ".[test,deploy]"
+  "$PYTHON" dev/op_build.py record
+fi
 
 echo "environment (python -m dinov3_m2f.collect_env):"
 "$PYTHON" -m dinov3_m2f.collect_env | sed 's/^/  /'

@@ -33,6 +33,8 @@ from collections import defaultdict
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
+
+import dinov3_m2f.d2  # noqa: F401  before detectron2: imports it without its import-time warnings
 from detectron2.config import instantiate
 from detectron2.utils.analysis import FlopCountAnalysis
 from fvcore.nn.jit_handles import get_shape

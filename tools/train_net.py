@@ -1,17 +1,14 @@
 #!/usr/bin/env python
 """Train or evaluate a DINOv3 + Mask2Former semantic segmentation model from a LazyConfig.
 
-The config provides (see ``configs/common/train.py`` for the ``train`` fields):
+The config provides:
     model                     instantiates to the segmentation model
     dataloader.train / .test  instantiate to data loaders
     dataloader.evaluator      instantiates to the evaluator of the test set
     optimizer                 its ``params.model`` is set to the model before instantiation
     lr_multiplier             an fvcore ParamScheduler (warmup + poly)
-    train                     output_dir, init_checkpoint, init_partial, max_iter, device, amp,
-                              clip_grad, ddp, checkpointer, full_checkpoint, eval_period,
-                              log_period, seed, best_checkpoint, early_stopping, trainable,
-                              freeze, grad_accum_steps, compile (types and ranges checked at
-                              load time)
+    train                     the keys of ``TrainSchema`` (``dinov3_m2f/config_schema.py``: the
+                              defaults, types and ranges, checked at load time)
 
 ``--resume`` continues from the checkpoint named in ``train.output_dir/last_checkpoint`` (the
 newest periodic or final one) exactly as an uninterrupted run would have; without a checkpoint
@@ -34,6 +31,8 @@ import os
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
+
+import dinov3_m2f.d2  # noqa: F401  before detectron2: imports it without its import-time warnings
 from detectron2.config import instantiate
 from detectron2.engine import (
     create_ddp_model,
@@ -118,8 +117,6 @@ def build_training_hooks(
     Hooks that only the main process runs are None elsewhere (``register_hooks`` drops them).
     """
     train = cfg.train
-    if train.early_stopping is not None and train.best_checkpoint is None:
-        raise ValueError("train.early_stopping needs train.best_checkpoint (its metric and mode)")
     main = comm.is_main_process()
     best = None
     if train.best_checkpoint is not None and main:

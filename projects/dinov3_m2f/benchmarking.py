@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import torch
 
 from .atomic_files import atomic_open
+from .devices import parse_device  # the benchmarks' --device, as the tools and train.device
 
 __all__ = [
     "AMP_FLAGS",
@@ -60,29 +61,6 @@ _RESET_PEAK_RSS = "5"  # written to clear_refs: VmHWM := current resident size
 # the side of the grid of constant-label blocks.
 CLASSES_PER_IMAGE = 10
 LABEL_GRID = 8
-
-
-def parse_device(name: str = "auto") -> torch.device:
-    """A device from a command-line name.
-
-    Args:
-        name: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:<i>"``.
-
-    Raises:
-        ValueError: not a CPU or CUDA device name.
-        RuntimeError: a CUDA device was asked for and CUDA is not available.
-    """
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:<i>', got {name!r}") from exc
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:<i>', got {name!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} was asked for, but CUDA is not available")
-    return device
 
 
 def synchronize(device: torch.device) -> None:

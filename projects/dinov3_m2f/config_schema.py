@@ -4,36 +4,37 @@ A wrong value should fail at load time with the key's name, not deep in the LR s
 model is built, and never after days of training at the final evaluation:
 
 * :func:`check_override_keys`: every ``key=value`` override names something the config knows;
-* :class:`TrainSchema`: the type of every ``train.*`` key (OmegaConf structured config) and its
-  range; the values themselves live in ``configs/common/train.py``;
+* :class:`TrainSchema`: every ``train.*`` key, its default, type (OmegaConf structured config)
+  and range; ``configs/common/train.py`` holds the defaults (:func:`train_defaults`);
 * :func:`check_data_fields`: the types and ranges of the data loader and dataset fields, and
   that the class names of the training and test datasets agree with ``num_classes``.
 """
+import dataclasses
 import inspect
 import pydoc
-import re
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set
 
 import torch
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationError
 
+from . import config_resolvers  # noqa: F401  (the resolvers of interpolated train values)
+from .devices import check_device_name
 from .modeling.torch_compile import compile_kwargs
 
 __all__ = [
     "AMP_DTYPES",
-    "DEVICE_PATTERN",
     "ConfigValueError",
     "TrainSchema",
     "check_config",
     "check_data_fields",
     "check_override_keys",
+    "train_defaults",
 ]
 
 AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
-# Device strings of train.device besides "auto".
-DEVICE_PATTERN = r"cpu|cuda(:\d+)?"
 BEST_MODES = ("max", "min")
 
 _ABSENT = object()
@@ -56,8 +57,9 @@ def _one_of(key: str, value: str, choices: Sequence[str]) -> None:
 
 @dataclass
 class AmpSchema:
-    enabled: bool = MISSING
-    dtype: str = MISSING
+    enabled: bool = True
+    # "bfloat16" (no loss scaling) or "float16" (with a GradScaler).
+    dtype: str = "bfloat16"
 
     def __post_init__(self):
         _one_of("train.amp.dtype", self.dtype, list(AMP_DTYPES))
@@ -65,9 +67,10 @@ class AmpSchema:
 
 @dataclass
 class ClipGradSchema:
-    enabled: bool = MISSING
-    max_norm: float = MISSING
-    norm_type: float = MISSING
+    enabled: bool = True
+    # Mask2Former: full-model 0.01.
+    max_norm: float = 0.01
+    norm_type: float = 2.0
 
     def __post_init__(self):
         _at_least("train.clip_grad.max_norm", self.max_norm, 0)
@@ -77,8 +80,10 @@ class ClipGradSchema:
 
 @dataclass
 class CheckpointerSchema:
-    period: int = MISSING
-    max_to_keep: Optional[int] = MISSING
+    """detectron2's ``PeriodicCheckpointer`` arguments."""
+
+    period: int = 5000
+    max_to_keep: Optional[int] = 3
 
     def __post_init__(self):
         _at_least("train.checkpointer.period", self.period, 1)
@@ -88,8 +93,8 @@ class CheckpointerSchema:
 
 @dataclass
 class BestCheckpointSchema:
-    metric: str = MISSING
-    mode: str = MISSING
+    metric: str = "sem_seg/mIoU"
+    mode: str = "max"
 
     def __post_init__(self):
         _one_of("train.best_checkpoint.mode", self.mode, BEST_MODES)
@@ -97,50 +102,108 @@ class BestCheckpointSchema:
 
 @dataclass
 class EarlyStoppingSchema:
+    # Evaluations in a row without a new best value that end training.
     patience: int = MISSING
 
     def __post_init__(self):
         _at_least("train.early_stopping.patience", self.patience, 1)
 
 
+def _ddp_defaults() -> Dict[str, Any]:
+    return dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False)
+
+
 @dataclass
 class TrainSchema:
-    """The keys of ``cfg.train`` and their types (values: ``configs/common/train.py``)."""
+    """``cfg.train``, read by ``tools/train_net.py``: the one definition of its keys, their
+    defaults (``configs/common/train.py`` is :func:`train_defaults`), types and ranges."""
 
-    output_dir: str = MISSING
-    init_checkpoint: str = MISSING
-    init_partial: bool = MISSING
-    max_iter: int = MISSING
-    device: str = MISSING
-    amp: AmpSchema = MISSING
-    clip_grad: ClipGradSchema = MISSING
-    ddp: Dict[str, Any] = MISSING
-    checkpointer: CheckpointerSchema = MISSING
-    full_checkpoint: bool = MISSING
-    eval_period: int = MISSING
-    best_checkpoint: Optional[BestCheckpointSchema] = MISSING
-    early_stopping: Optional[EarlyStoppingSchema] = MISSING
-    trainable: Optional[List[str]] = MISSING
-    freeze: List[str] = MISSING
-    grad_accum_steps: int = MISSING
-    log_period: int = MISSING
-    seed: int = MISSING
-    cudnn_benchmark: bool = MISSING
-    # False, True or a mapping of torch.compile arguments (checked in __post_init__)
-    compile: Any = MISSING
+    output_dir: str = "./output"
+    # Trainable-only or full checkpoint to start from (or to evaluate with --eval-only). It must
+    # set every trainable weight, with no unknown key and no shape difference, or training stops
+    # before iteration 0 listing the keys.
+    init_checkpoint: str = ""
+    # True: load only the matching weights of init_checkpoint (another num_classes, backbone and
+    # adapter only, another project's head converted by tools/convert_weights.py) and log every
+    # key skipped; the rest keeps its initialisation. --resume and --eval-only are always strict.
+    init_partial: bool = False
+    max_iter: int = 160000
+    # "cuda", "cpu", "cuda:<i>" or "auto" (CUDA when available); see dinov3_m2f.devices.
+    device: str = "cuda"
+    # Autocast of training and evaluation.
+    amp: AmpSchema = field(default_factory=AmpSchema)
+    # Global gradient-norm clipping over all trainable parameters.
+    clip_grad: ClipGradSchema = field(default_factory=ClipGradSchema)
+    # detectron2's create_ddp_model keyword arguments.
+    ddp: Dict[str, Any] = field(default_factory=_ddp_defaults)
+    checkpointer: CheckpointerSchema = field(default_factory=CheckpointerSchema)
+    # False: checkpoints hold trainable weights + optimizer/scheduler state; the frozen backbone is
+    # rebuilt from model.backbone.weights. True: store the frozen backbone too.
+    full_checkpoint: bool = False
+    # Iterations between evaluations; 0: evaluate only after training.
+    eval_period: int = 5000
+    # Keep `model_best.pth` by a validation metric, checked after every evaluation; None disables.
+    best_checkpoint: Optional[BestCheckpointSchema] = field(default_factory=BestCheckpointSchema)
+    # Stop after `patience` evaluations without improvement of best_checkpoint's metric
+    # (e.g. dict(patience=5)); None disables. Needs best_checkpoint and eval_period > 0.
+    early_stopping: Optional[EarlyStoppingSchema] = None
+    # Module-name prefixes to train; everything else is frozen (e.g.
+    # ["sem_seg_head.predictor.class_embed"] for a classifier-only fine-tune). None = all trainable
+    # modules. Applied before the optimizer is built; frozen modules run in eval mode.
+    trainable: Optional[List[str]] = None
+    # Module-name prefixes to freeze (e.g. ["backbone.adapter"]).
+    freeze: List[str] = field(default_factory=list)
+    # Micro-batches (of dataloader.train.total_batch_size images) per optimizer step; one
+    # iteration = one step, so the effective batch is grad_accum_steps x total_batch_size.
+    grad_accum_steps: int = 1
+    log_period: int = 20
+    # Seeds the data order, augmentations and per-iteration random state (exact --resume).
+    seed: int = 42
+    cudnn_benchmark: bool = False
+    # torch.compile of the model's backbone and head, for training and evaluation: False, True
+    # (Inductor), or torch.compile arguments, e.g. dict(dynamic=True) for evaluation at changing
+    # image sizes (each new size compiles again until torch makes the sizes dynamic).
+    compile: Any = False
 
     def __post_init__(self):
         for key, minimum in (("max_iter", 1), ("eval_period", 0), ("grad_accum_steps", 1),
                              ("log_period", 1), ("seed", 0)):
             _at_least(f"train.{key}", getattr(self, key), minimum)
-        if self.device != "auto" and not re.fullmatch(DEVICE_PATTERN, self.device):
-            raise ConfigValueError(
-                f"train.device must be 'auto', 'cpu', 'cuda' or 'cuda:<i>', got {self.device!r}"
-            )
+        try:
+            check_device_name(self.device)
+        except ValueError as error:
+            raise ConfigValueError(f"train.device: {error}") from None
+        if self.early_stopping is not None and self.best_checkpoint is None:
+            raise ConfigValueError("train.early_stopping needs train.best_checkpoint (its metric and mode)")
+        if self.early_stopping is not None and self.eval_period == 0:
+            raise ConfigValueError("train.early_stopping needs periodic evaluation: train.eval_period > 0")
         try:
             compile_kwargs(self.compile)
         except TypeError as error:
             raise ConfigValueError(f"train.compile: {error}") from None
+
+
+def train_defaults() -> Dict[str, Any]:
+    """The defaults of :class:`TrainSchema` as a plain nested dict (``configs/common/train.py``)."""
+    return OmegaConf.to_container(OmegaConf.structured(TrainSchema))
+
+
+def _schema_class(annotation: Any) -> Optional[type]:
+    """The dataclass of a field annotation (``X`` or ``Optional[X]``); None for other types."""
+    candidates = typing.get_args(annotation) or (annotation,)
+    return next((c for c in candidates if dataclasses.is_dataclass(c)), None)
+
+
+def _unset_keys(schema: type, values: Mapping[str, Any], prefix: str) -> List[str]:
+    """The keys of the dataclass ``schema`` (and of its dataclass fields) absent from ``values``."""
+    unset = []
+    for spec in dataclasses.fields(schema):
+        nested = _schema_class(spec.type)
+        if spec.name not in values:
+            unset.append(prefix + spec.name)
+        elif nested is not None and isinstance(values[spec.name], Mapping):
+            unset += _unset_keys(nested, values[spec.name], f"{prefix}{spec.name}.")
+    return unset
 
 
 def check_train(train: DictConfig) -> None:
@@ -151,6 +214,9 @@ def check_train(train: DictConfig) -> None:
             names the key, e.g. ``train.max_iter``.
     """
     values = OmegaConf.to_container(train, resolve=True)
+    unset = _unset_keys(TrainSchema, values, "train.")
+    if unset:
+        raise ConfigValueError(f"{unset[0]} must be set (the default: configs/common/train.py)")
     try:
         OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainSchema), values))
     except ConfigKeyError as e:

@@ -8,8 +8,10 @@ pytest.importorskip("detectron2")
 import torch  # noqa: E402
 from detectron2.layers import NaiveSyncBatchNorm, ShapeSpec  # noqa: E402
 from detectron2.structures import ImageList  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
 
 from dinov3_m2f.d2.backbone import D2DINOv3Backbone, D2DINOv3ViTBackbone, dinov3_pyramid_shape  # noqa: E402
+from dinov3_m2f.d2.backbone import resolve_norm  # noqa: E402
 from dinov3_m2f.modeling.dinov3 import build_dinov3  # noqa: E402
 
 EMBED_DIM = 32
@@ -125,11 +127,21 @@ def test_bf16_vit_weights_run_under_the_vits_autocast_and_keep_the_adapter_float
         _tiny_backbone(vit_dtype="int8")
 
 
-def test_norm_choice():
+def test_norm_choice(monkeypatch):
     assert isinstance(_tiny_backbone(norm="auto").adapter.norm1, torch.nn.BatchNorm2d)
-    naive = _tiny_backbone(norm="naiveSyncBN").adapter
+    # the names are the core's: detectron2-only names are refused
+    with pytest.raises(ValueError, match="norm must be 'BN', 'SyncBN', 'GN'"):
+        _tiny_backbone(norm="naiveSyncBN")
+    # several processes without CUDA (gloo): detectron2's all-reduce BN, torch's needs CUDA
+    monkeypatch.setattr(comm, "get_world_size", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_norm("auto") is NaiveSyncBatchNorm
+    assert resolve_norm("BN") == "BN"
+    naive = _tiny_backbone(norm="auto").adapter
     assert isinstance(naive.norm1, NaiveSyncBatchNorm)
     assert isinstance(naive.spm.stem[1], NaiveSyncBatchNorm)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_norm("auto") == "SyncBN"
 
 
 def test_missing_interaction_indexes_for_custom_vit():

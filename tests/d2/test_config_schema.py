@@ -2,12 +2,14 @@
 ``train.*`` and the data fields, with errors naming the key; class names agree with
 ``num_classes``. The schema itself is core (OmegaConf only); the last tests load real configs."""
 import os
+import re
 import runpy
 
 import pytest
 from omegaconf import OmegaConf
 
 from dinov3_m2f.config_schema import ConfigValueError, check_config, check_train
+from dinov3_m2f.config_schema import train_defaults
 
 from helpers import REPO  # noqa: E402
 COMMON_TRAIN = os.path.join(REPO, "configs", "common", "train.py")
@@ -25,7 +27,8 @@ def _train(**changes):
 
 def test_the_shipped_train_defaults_pass():
     check_train(_train())
-    check_train(_train(best_checkpoint=None, early_stopping={"patience": 3}, trainable=["head"]))
+    check_train(_train(early_stopping={"patience": 3}, trainable=["head"]))
+    check_train(_train(best_checkpoint=None, ddp={"broadcast_buffers": True}))
     check_train(_train(compile=True))
     check_train(_train(compile={"backend": "aot_eager", "dynamic": True}))
 
@@ -39,7 +42,13 @@ def test_the_shipped_train_defaults_pass():
         ({"seed": -1}, r"train\.seed must be >= 0"),
         ({"grad_accum_steps": 0}, r"train\.grad_accum_steps must be >= 1"),
         ({"init_partial": "maybe"}, r"train\.init_partial: Value 'maybe' is not a valid bool"),
-        ({"device": "gpu"}, r"train\.device must be 'auto', 'cpu', 'cuda' or 'cuda:<i>', got 'gpu'"),
+        ({"device": "gpu"}, r"train\.device: device must be 'auto', 'cpu', 'cuda' or 'cuda:<i>', got 'gpu'"),
+        ({"early_stopping": {"patience": 0}}, r"train\.early_stopping\.patience must be >= 1"),
+        ({"early_stopping": {}}, r"train\.early_stopping\.patience must be set"),
+        ({"early_stopping": {"patience": 2}, "best_checkpoint": None},
+         r"train\.early_stopping needs train\.best_checkpoint"),
+        ({"early_stopping": {"patience": 2}, "eval_period": 0},
+         r"train\.early_stopping needs periodic evaluation"),
         ({"amp__dtype": "fp8"}, r"train\.amp\.dtype must be one of \['float16', 'bfloat16'\], got 'fp8'"),
         ({"clip_grad__max_norm": "big"}, r"train\.clip_grad\.max_norm: Value 'big'"),
         ({"checkpointer__period": 0}, r"train\.checkpointer\.period must be >= 1"),
@@ -55,11 +64,19 @@ def test_a_wrong_train_value_names_the_key(changes, message):
         check_train(_train(**changes))
 
 
-def test_a_missing_train_key_is_named():
+@pytest.mark.parametrize("key", ["max_iter", "amp.dtype", "best_checkpoint.metric"])
+def test_a_missing_train_key_is_named(key):
+    # the schema has defaults, but a config must state every key: train_net reads cfg.train
     train = _train()
-    del train["max_iter"]
-    with pytest.raises(ConfigValueError, match=r"train\.max_iter must be set"):
+    parent, _, leaf = key.rpartition(".")
+    del (OmegaConf.select(train, parent) if parent else train)[leaf]
+    with pytest.raises(ConfigValueError, match=rf"train\.{re.escape(key)} must be set"):
         check_train(train)
+
+
+def test_configs_common_train_holds_the_schema_defaults():
+    # one definition: the config file takes every key and value from TrainSchema
+    assert runpy.run_path(COMMON_TRAIN)["train"] == train_defaults()
 
 
 def _data_cfg(**changes):

@@ -14,6 +14,7 @@ from detectron2.config import LazyConfig, instantiate  # noqa: E402
 from detectron2.data import MetadataCatalog  # noqa: E402
 from detectron2.solver import LRMultiplier  # noqa: E402
 from fvcore.common.param_scheduler import ParamScheduler  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
 from dinov3_m2f.d2 import D2DINOv3Backbone, DINOv3Mask2Former, DINOv3PixelSegmentor  # noqa: E402
 from dinov3_m2f.d2.config import load_config  # noqa: E402
@@ -139,6 +140,57 @@ def test_adapter_checkpointing_and_vit_dtype_are_config_keys(path):
                                        "model.backbone.vit_dtype=float16"])
     assert cfg.model.backbone.adapter_kwargs.with_cp is True
     assert cfg.model.backbone.vit_dtype == "float16"
+
+
+VITL_BASE = os.path.join(CONFIG_ROOT, "common", "m2f_vitl16_base.py")
+VITL_LEAVES = [p for p in LEAF_CONFIGS if LazyConfig.load(p).model.backbone.get("preset") == "vitl16"]
+# What a ViT-L leaf states on top of the base, besides its dataloader (from common/data/): the
+# weights (and their normalization), the evaluation window, max_iter and where the run goes.
+VITL_LEAF_KEYS = {
+    "model.backbone.weights", "model.normalization", "model.slide_crop_size", "model.slide_stride",
+    "model.slide_batch", "train.max_iter", "train.output_dir",
+}
+
+
+def _flat(node, prefix=""):
+    """A nested container as {dotted key: value} (lists are values)."""
+    if not isinstance(node, dict):
+        return {prefix[:-1]: node}
+    flat = {}
+    for key, value in node.items():
+        flat.update(_flat(value, f"{prefix}{key}."))
+    return flat
+
+
+def test_the_vitl_leaves_are_found():
+    names = {_name(p) for p in VITL_LEAVES}
+    assert names == {
+        os.path.join("ade20k", "m2f_vitl16_lvd1689m_512.py"),
+        os.path.join("cityscapes", "m2f_vitl16_lvd1689m_512x1024.py"),
+        os.path.join("folder", "m2f_vitl16_lvd1689m_512.py"),
+        os.path.join("loveda", "m2f_vitl16_sat493m_512.py"),
+        os.path.join("loveda", "m2f_vitl16_sat493m_720.py"),
+    }
+
+
+@pytest.mark.parametrize("path", VITL_LEAVES, ids=_name)
+def test_a_vitl_leaf_states_only_weights_window_and_max_iter(path):
+    base = _flat(OmegaConf.to_container(LazyConfig.load(VITL_BASE), resolve=False))
+    leaf = _flat(OmegaConf.to_container(LazyConfig.load(path), resolve=False))
+    absent = object()
+    changed = {key for key in set(base) | set(leaf)
+               if not key.startswith("dataloader.") and base.get(key, absent) != leaf.get(key, absent)}
+    assert changed <= VITL_LEAF_KEYS, (
+        f"{_name(path)} sets {sorted(changed - VITL_LEAF_KEYS)}: shared settings belong in "
+        "configs/common/m2f_vitl16_base.py"
+    )
+    assert "model.backbone.weights" in changed
+    # what follows from the dataset and max_iter is linked, not restated
+    assert base["model.num_classes"] == "${dataloader.train.mapper.num_classes}"
+    assert leaf["train.eval_period"] == "${period:${.max_iter},10}"
+    cfg = load_config(path, overrides=["train.max_iter=20000"])
+    assert (cfg.train.eval_period, cfg.train.checkpointer.period) == (2000, 2000)
+    assert cfg.lr_multiplier.warmup_length * cfg.train.max_iter == pytest.approx(1500)
 
 
 def test_with_cp_override_reaches_every_extractor():

@@ -94,6 +94,26 @@ def test_folder_dataset(tmp_path, catalog):
         ds.register_folder_dataset("t_folder3", **{**kwargs, "colors": [(0, 0, 0)]})
 
 
+def test_a_dataset_is_listed_once_per_process(tmp_path, catalog, caplog):
+    # an evaluation asks for its dataset three times (test loader, SemSegEvaluator, its
+    # ground-truth reader): the files are listed, and "Loaded N images" logged, once
+    _write_image(str(tmp_path / "images" / "a.png"))
+    _write_mask(str(tmp_path / "masks" / "a.png"))
+    ds.register_folder_dataset("t_once", image_dir=str(tmp_path / "images"),
+                               mask_dir=str(tmp_path / "masks"), class_names=["bg", "roof"])
+    with caplog.at_level("INFO", logger="dinov3_m2f"):
+        first = DatasetCatalog.get("t_once")
+        first[0]["file_name"] = "changed by a caller"
+        _write_image(str(tmp_path / "images" / "b.png"))  # not seen: listed already
+        again = DatasetCatalog.get("t_once")
+        SemSegGroundTruthLoader("t_once")
+    assert [os.path.basename(d["file_name"]) for d in again] == ["a.png"]
+    assert sum("Loaded 1 images" in r.getMessage() for r in caplog.records) == 1
+    # detectron2's own registrations too
+    assert isinstance(DatasetCatalog["ade20k_sem_seg_val"], ds.ListedOnce)
+    assert isinstance(DatasetCatalog["cityscapes_fine_sem_seg_train"], ds.ListedOnce)
+
+
 def test_folder_errors_name_paths(tmp_path, catalog):
     # registration is cheap: nothing is read until the dicts are loaded
     ds.register_folder_dataset("t_missing", image_dir=str(tmp_path / "nope"),

@@ -207,6 +207,13 @@ def test_train_then_eval_only_reproduces_metrics(synthetic_env, tmp_path):
         evaluated = json.load(f)["sem_seg"]
     for key in ("mIoU", "fwIoU", "mACC", "pACC"):
         assert evaluated[key] == pytest.approx(trained[f"sem_seg/{key}"], abs=1e-6)
+    # the log files: the config file without colour codes; the test set listed once
+    with open(os.path.join(out, "log.txt")) as f:
+        train_log = f.read()
+    assert "Contents of args.config_file=" in train_log and "\x1b[" not in train_log
+    with open(os.path.join(eval_out, "log.txt")) as f:
+        eval_log = f.read()
+    assert len(re.findall(r"Loaded \d+ images from .*synthetic.*val", eval_log)) == 1, eval_log
 
 
 def test_resume_continues_from_the_saved_iteration(synthetic_env, tmp_path):

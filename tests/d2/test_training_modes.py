@@ -145,8 +145,6 @@ def test_grad_accumulation_equals_large_batch_and_counts_steps():
     change = torch.cat([(a - b).flatten() for a, b in zip(after, before)]).norm()
     # clipped once per step: at most lr x max_norm per step
     assert 0 < change <= 3 * 0.1 * 1e-3 + 1e-7
-    with pytest.raises(ValueError, match="grad_accum_steps"):
-        SegTrainer(model, iter([]), trainer.optimizer, device=CPU, grad_accum_steps=0)
 
 
 # ---------------------------------------------------------------- best checkpoint / early stop
@@ -203,8 +201,6 @@ def test_early_stopping_counter_resets_on_improvement(tmp_path):
                                    patience=2)
     # best at iteration 2, no improvement at 3 and 4 -> stop after iteration 4
     assert trainer.max_iter == 5
-    with pytest.raises(ValueError, match="eval_period"):
-        EarlyStopping(None, eval_period=0, patience=1)
     with pytest.raises(ValueError, match="best checkpointer"):
         EarlyStopping(None, eval_period=1, patience=1)
 

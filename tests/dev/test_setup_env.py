@@ -159,3 +159,67 @@ def test_only_cuda_skips(tmp_path, files, strict, returncode, listed):
     for word in listed:
         assert word in summary
     assert ("skip(s) not allowed" in proc.stdout) == bool(listed)
+
+
+# ---------------------------------------------------------------- the op build (dev/op_build.py)
+
+op_build = load_tool("op_build", folder=DEV)
+
+
+def _checkout(root):
+    """A checkout with op sources, build files and a (fake) compiled extension."""
+    (root / "ops" / "ms_deform_attn").mkdir(parents=True)
+    (root / "ops" / "ms_deform_attn" / "ms_deform_attn_cpu.cpp").write_text("// kernel\n")
+    (root / "ops" / "register.cpp").write_text("// registration\n")
+    (root / "setup.py").write_text("# setup\n")
+    (root / "pyproject.toml").write_text("# build system\n")
+    package = root / "projects" / "dinov3_m2f"
+    package.mkdir(parents=True)
+    (package / "_C.cpython-311-x86_64-linux-gnu.so").write_bytes(b"\x7fELF compiled")
+    return package / "_C.cpython-311-x86_64-linux-gnu.so"
+
+
+def _decide(root, installed=True):
+    return op_build.decide(op_build.read_record(str(root)), op_build.current_state(str(root)),
+                           installed=installed)
+
+
+def test_an_unchanged_build_is_kept_and_any_change_rebuilds(tmp_path, monkeypatch):
+    monkeypatch.delenv("FORCE_CUDA", raising=False)
+    extension = _checkout(tmp_path)
+    assert _decide(tmp_path) == ("build", "no record of the op's build")
+    op_build.write_record(str(tmp_path))
+    action, message = _decide(tmp_path)
+    assert action == "keep" and message.startswith("op up to date, kept")
+    assert _decide(tmp_path, installed=False)[0] == "build"  # e.g. another venv
+
+    (tmp_path / "ops" / "ms_deform_attn" / "ms_deform_attn_cpu.cpp").write_text("// faster kernel\n")
+    assert _decide(tmp_path) == ("build", f"{op_build.RECORD_NAMES['sources']} changed since the last build")
+    op_build.write_record(str(tmp_path))
+    (tmp_path / "ops" / "new_op.cu").write_text("// a new file\n")
+    assert _decide(tmp_path)[0] == "build"
+    op_build.write_record(str(tmp_path))
+
+    monkeypatch.setenv("FORCE_CUDA", "1")
+    action, message = _decide(tmp_path)
+    assert action == "build" and "build settings changed" in message and "'FORCE_CUDA': '1'" in message
+    monkeypatch.delenv("FORCE_CUDA")
+    assert _decide(tmp_path)[0] == "keep"
+
+    extension.write_bytes(b"\x7fELF built elsewhere")
+    assert _decide(tmp_path) == ("build", "the extension file changed since the last build")
+    extension.unlink()
+    assert _decide(tmp_path) == ("build", "the op is not built")
+
+
+def test_another_torch_rebuilds_naming_both(tmp_path):
+    _checkout(tmp_path)
+    op_build.write_record(str(tmp_path))
+    recorded = dict(op_build.read_record(str(tmp_path)), torch="2.13.0 (CUDA 12.8)")
+    action, message = op_build.decide(recorded, op_build.current_state(str(tmp_path)), installed=True)
+    assert action == "build"
+    assert message == f"torch changed: 2.13.0 (CUDA 12.8) -> {torch.__version__} (CUDA {torch.version.cuda})"
+
+
+def test_the_install_must_come_from_this_checkout(tmp_path):
+    assert not op_build.installed_from(str(tmp_path))

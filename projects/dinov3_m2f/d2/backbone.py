@@ -1,15 +1,15 @@
 """Detectron2 Backbones on a frozen DINOv3 ViT: with the ViT-Adapter (res2..res5 pyramid) and
 without it (the last blocks' patch grids at stride 16, for linear probing)."""
-import functools
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
-from detectron2.layers import ShapeSpec, get_norm
+from detectron2.layers import NaiveSyncBatchNorm, ShapeSpec
 from detectron2.modeling import Backbone
 from detectron2.utils import comm
 from torch import nn
 
 from dinov3_m2f.modeling.adapter import OUT_STRIDES, SIZE_DIVISIBILITY, DINOv3Adapter
+from dinov3_m2f.modeling.blocks import NormSpec
 from dinov3_m2f.modeling.dinov3 import get_interaction_indexes
 from dinov3_m2f.weights import build_frozen_dinov3
 
@@ -26,6 +26,18 @@ __all__ = [
 AUTO_NORM = "auto"
 # Patch size of every DINOv3 preset: ViT features are at stride 16 and inputs padded to 16.
 VIT_STRIDE = 16
+
+
+def resolve_norm(norm: NormSpec) -> NormSpec:
+    """The adapter norm for :func:`dinov3_m2f.modeling.blocks.get_norm`, which owns the names:
+    ``"auto"`` is synchronized BN when several processes train (``"SyncBN"`` with CUDA,
+    detectron2's ``NaiveSyncBatchNorm`` on CPU/gloo, where torch's needs CUDA), else ``"BN"``;
+    any other value is passed on."""
+    if norm != AUTO_NORM:
+        return norm
+    if comm.get_world_size() == 1:
+        return "BN"
+    return "SyncBN" if torch.cuda.is_available() else NaiveSyncBatchNorm
 
 
 def dinov3_pyramid_shape(*, channels: int) -> Dict[str, ShapeSpec]:
@@ -74,7 +86,7 @@ class D2DINOv3Backbone(_PaddedBackbone):
         vit_kwargs: Optional[Dict[str, Any]] = None,
         vit_dtype: str = "float32",
         interaction_indexes: Optional[Sequence[int]] = None,
-        norm: str = AUTO_NORM,
+        norm: NormSpec = AUTO_NORM,
         adapter_kwargs: Optional[Dict[str, Any]] = None,
     ):
         """
@@ -90,9 +102,8 @@ class D2DINOv3Backbone(_PaddedBackbone):
                 "float16" (see ``build_frozen_dinov3``; a reduced dtype runs the ViT under its own
                 autocast to that dtype). The adapter stays float32.
             interaction_indexes: ViT blocks read by the adapter; default: the preset's.
-            norm: adapter normalization: a name detectron2's ``get_norm`` accepts ("BN",
-                "SyncBN", "naiveSyncBN", "GN", ...) or ``"auto"``: synchronized BN when several
-                processes train ("SyncBN" with CUDA, "naiveSyncBN" on CPU/gloo), else "BN".
+            norm: adapter normalization: ``"auto"`` (see :func:`resolve_norm`), or a name or
+                factory of :func:`dinov3_m2f.modeling.blocks.get_norm` ("BN", "SyncBN", "GN").
             adapter_kwargs: other :class:`DINOv3Adapter` keyword arguments (``n_points``,
                 ``deform_num_heads``, ``conv_inplane``, ``drop_path_rate``, ...).
         """
@@ -101,14 +112,10 @@ class D2DINOv3Backbone(_PaddedBackbone):
             if preset is None:
                 raise ValueError("interaction_indexes is required when preset is None")
             interaction_indexes = get_interaction_indexes(preset)
-        if norm == AUTO_NORM and comm.get_world_size() > 1:
-            norm = "SyncBN" if torch.cuda.is_available() else "naiveSyncBN"
-        elif norm == AUTO_NORM:
-            norm = "BN"
         vit = build_frozen_dinov3(preset, weights=weights, init_seed=init_seed, dtype=vit_dtype,
                                   **dict(vit_kwargs or {}))
         self.adapter = DINOv3Adapter(vit, interaction_indexes=list(interaction_indexes),
-                                     norm=functools.partial(get_norm, norm),
+                                     norm=resolve_norm(norm),
                                      **dict(adapter_kwargs or {}))
         self._out_features = list(self.adapter.out_strides)
         self._out_feature_strides = dict(self.adapter.out_strides)

@@ -12,13 +12,15 @@ import logging
 import os
 import re
 from typing import Any, Dict, Optional, Sequence, Tuple
+from urllib.parse import urlparse
 
-from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
 from dinov3_m2f.training import frozen_state_prefixes
 from dinov3_m2f.atomic_files import atomic_open
 from dinov3_m2f.weights.files import describe_key_mismatch, load_checkpoint_file, save_finite
+
+from .detectron2_private import CheckpointerExtension
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +46,7 @@ def newest_readable_checkpoint(folder: str) -> Optional[str]:
     return next((path for path in candidates if _readable(path)), None)
 
 
-class TrainableCheckpointer(DetectionCheckpointer):
+class TrainableCheckpointer(CheckpointerExtension):
     """A :class:`DetectionCheckpointer` for models with a frozen backbone: ``save`` stores only
     the trainable state unless ``full=True`` (the file records ``"checkpoint_kind"``); files and
     ``last_checkpoint`` are written atomically, and a state holding NaN or Inf is never written;
@@ -81,6 +83,7 @@ class TrainableCheckpointer(DetectionCheckpointer):
         self.full = full
         self.strict = strict
         self.exclude_prefixes = list(exclude_prefixes) if exclude_prefixes is not None else None
+        self._loading = ""  # the path being loaded, for messages
 
     def _frozen_prefixes(self) -> Tuple[str, ...]:
         """State-dict prefixes left out of trainable-only checkpoints (``str.startswith`` form)."""
@@ -150,16 +153,27 @@ class TrainableCheckpointer(DetectionCheckpointer):
         with atomic_open(os.path.join(self.save_dir, "last_checkpoint"), "w") as f:
             f.write(last_filename_basename)
 
-    def _load_file(self, filename: str) -> Dict[str, Any]:
-        if self._parsed_url_during_load.query:
+    def load(self, path: str, *args: Any, **kwargs: Any) -> Dict[str, Any]:
+        """DetectionCheckpointer's ``load`` (same arguments) with the path in its messages.
+
+        Raises:
+            ValueError: ``path`` has a URL query (``?...``), which detectron2 would drop.
+        """
+        if path and urlparse(path).query:
             raise ValueError(
-                f"Checkpoint {filename}: URL queries are not supported "
-                f"(got '?{self._parsed_url_during_load.query}')"
+                f"Checkpoint {path}: URL queries are not supported (got '?{urlparse(path).query}')"
             )
+        self._loading = path
+        try:
+            return super().load(path, *args, **kwargs)
+        finally:
+            self._loading = ""
+
+    def read_file(self, filename: str) -> Dict[str, Any]:
         return load_checkpoint_file(filename)
 
-    def _load_model(self, checkpoint: Dict[str, Any]):
-        incompatible = super()._load_model(checkpoint)
+    def load_model_state(self, checkpoint: Dict[str, Any]):
+        incompatible = super().load_model_state(checkpoint)
         if checkpoint.get("checkpoint_kind") == "trainable":
             frozen = self._frozen_prefixes()
             incompatible.missing_keys[:] = [
@@ -167,7 +181,7 @@ class TrainableCheckpointer(DetectionCheckpointer):
             ]
         if self.strict and any(incompatible):
             raise RuntimeError(
-                f"Checkpoint {self._parsed_url_during_load.path} does not match the model: "
+                f"Checkpoint {self._loading} does not match the model: "
                 f"{self._mismatch(incompatible)}. To initialise training from the matching "
                 "weights only, set train.init_partial=True"
             )
@@ -179,11 +193,10 @@ class TrainableCheckpointer(DetectionCheckpointer):
                                      unexpected=incompatible.unexpected_keys,
                                      wrong_shapes=incompatible.incorrect_shapes)
 
-    def _log_incompatible_keys(self, incompatible) -> None:
+    def report_incompatible_keys(self, incompatible) -> None:
         """Log every key a partial load skipped, in one warning."""
         if any(incompatible):
             logger.warning(
                 "Partial load of %s, skipped: %s (the model's own initialisation is kept for "
-                "the missing and wrong-shape keys)", self._parsed_url_during_load.path,
-                self._mismatch(incompatible),
+                "the missing and wrong-shape keys)", self._loading, self._mismatch(incompatible),
             )

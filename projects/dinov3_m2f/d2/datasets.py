@@ -6,13 +6,14 @@ under ``$DETECTRON2_DATASETS`` (default ``datasets``); files are read when the d
 ``synthetic_sem_seg_{train,val}`` (generated on the first load) and
 ``loveda_sem_seg_{train,val,test}`` (masks used as shipped: metadata ``label_map`` turns 0 =
 no-data into 255 and 1..7 into 0..6). detectron2 registers ``ade20k_sem_seg_*`` and
-``cityscapes_fine_sem_seg_*`` itself; this module adds the ``stuff_colors`` they lack.
+``cityscapes_fine_sem_seg_*`` itself; this module adds the ``stuff_colors`` they lack. Every
+registration here lists its files once per process (:class:`ListedOnce`).
 :func:`register_folder_dataset` registers a user's folders of images and masks.
 """
 import functools
 import logging
 import os
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.builtin_meta import ADE20K_SEM_SEG_CATEGORIES, CITYSCAPES_CATEGORIES
@@ -31,11 +32,27 @@ from dinov3_m2f.data.visualize import class_colors
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "add_builtin_colors",
+    "ListedOnce",
+    "adjust_builtin_registrations",
     "register_all_loveda",
     "register_all_synthetic",
     "register_folder_dataset",
 ]
+
+
+class ListedOnce:
+    """A ``DatasetCatalog`` loader that lists the files once per process and then returns copies
+    of that list: every evaluation asks for its dataset three times (the test loader,
+    ``SemSegEvaluator`` and its ground-truth reader), and a run evaluates the same files."""
+
+    def __init__(self, load: Callable[[], List[Dict]]):
+        self.load = load
+        self._dicts: Optional[List[Dict]] = None
+
+    def __call__(self) -> List[Dict]:
+        if self._dicts is None:
+            self._dicts = self.load()
+        return [dict(record) for record in self._dicts]
 
 
 def _register(
@@ -66,7 +83,7 @@ def _register(
     )
     if name not in DatasetCatalog.list():
         load = functools.partial(load_split_dicts, splits, layout=layout, prepare=prepare)
-        DatasetCatalog.register(name, load)
+        DatasetCatalog.register(name, ListedOnce(load))
     try:
         MetadataCatalog.get(name).set(**metadata)
     except AssertionError as e:
@@ -148,8 +165,9 @@ def register_all_loveda(root: str) -> None:
                   colors=LOVEDA_COLORS, label_map=LOVEDA_LABEL_MAP)
 
 
-def add_builtin_colors() -> None:
-    """Add ``stuff_colors`` to detectron2's own ADE20K and Cityscapes semantic registrations:
+def adjust_builtin_registrations() -> None:
+    """Adjust detectron2's own ADE20K and Cityscapes semantic registrations: their files are
+    listed once per process (:class:`ListedOnce`), and their metadata get ``stuff_colors``:
     Cityscapes' official train-id colours, a fixed generated palette for ADE20K."""
     by_train_id = sorted(CITYSCAPES_CATEGORIES, key=lambda c: c["trainId"])
     colors = {
@@ -158,7 +176,12 @@ def add_builtin_colors() -> None:
     }
     for prefix, stuff_colors in colors.items():
         for split in ("train", "val"):
-            metadata = MetadataCatalog.get(f"{prefix}_{split}")
+            name = f"{prefix}_{split}"
+            load = DatasetCatalog[name]
+            if not isinstance(load, ListedOnce):
+                DatasetCatalog.remove(name)
+                DatasetCatalog.register(name, ListedOnce(load))
+            metadata = MetadataCatalog.get(name)
             if "stuff_colors" not in metadata.as_dict():
                 metadata.set(stuff_colors=stuff_colors)
 
@@ -166,4 +189,4 @@ def add_builtin_colors() -> None:
 _root = datasets_root()
 register_all_synthetic(_root)
 register_all_loveda(_root)
-add_builtin_colors()
+adjust_builtin_registrations()

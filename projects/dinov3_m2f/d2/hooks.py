@@ -10,15 +10,20 @@ iteration's evaluation, and ``metrics.json`` every entry up to it.
 """
 import logging
 import math
-from typing import Any, Dict, Mapping, Optional, Sequence
+import operator
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 from detectron2.engine import HookBase, hooks
+from fvcore.common.checkpoint import Checkpointer
 from detectron2.utils.events import EventWriter
 from detectron2.utils import comm
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["BestCheckpointer", "EarlyStopping", "SegEvalHook", "SegPeriodicCheckpointer"]
+
+# BestCheckpointer mode -> whether a value is better than the best so far.
+BETTER = {"max": operator.gt, "min": operator.lt}
 
 
 def _evaluates_after_step(trainer, eval_period: int) -> bool:
@@ -56,31 +61,69 @@ class SegEvalHook(hooks.EvalHook):
     """detectron2's ``EvalHook`` without a final evaluation after an early stop: early stopping
     decides right after an evaluation in ``after_step``, whose results are already stored."""
 
+    def __init__(self, eval_period: int, eval_function: Callable[[], Dict], **kwargs: Any):
+        """
+        Args:
+            eval_period, eval_function, kwargs: as for detectron2's ``EvalHook``.
+        """
+        super().__init__(eval_period, eval_function, **kwargs)
+        self.eval_period = eval_period
+
     def after_train(self) -> None:
         last = self.trainer.iter  # iterations run; the last evaluated one in after_step is last - 1
-        if self.trainer.stopped_early and self._period > 0 and last % self._period == 0:
+        if self.trainer.stopped_early and self.eval_period > 0 and last % self.eval_period == 0:
             logger.info("Iteration %d was just evaluated; no final evaluation", last - 1)
-            self._eval_after_train = False
+            return
         super().after_train()
 
 
-class BestCheckpointer(hooks.BestCheckpointer):
-    """detectron2's ``BestCheckpointer`` whose best value is part of the trainer state, so it
-    survives ``--resume``, and whose file is not recorded in ``last_checkpoint`` (``--resume``
-    continues from the newest periodic or final checkpoint); register it on the main process,
-    which holds the evaluation results.
+class BestCheckpointer(HookBase):
+    """Keep the checkpoint of the best value of a metric, checked after each evaluation (the
+    iterations of ``EvalHook``, as detectron2's ``BestCheckpointer``); register it after the
+    evaluation hook, on the main process, which holds the evaluation results.
 
-    Unlike detectron2's, it updates the best value before writing the file (so the file's trainer
-    state holds it), raises when the evaluation lacks the metric and never takes a NaN or
-    infinite value (a warning names it). The file's ``iteration`` is that of the metric:
-    ``max_iter`` for the final evaluation, as in detectron2's storage.
+    Unlike detectron2's, the best value is part of the trainer state, so it survives
+    ``--resume``; the file is not recorded in ``last_checkpoint`` (``--resume`` continues from
+    the newest periodic or final checkpoint); the best value is updated before the file is
+    written (so the file's trainer state holds it); an evaluation that lacks the metric raises;
+    and a NaN or infinite value is never the best (a warning names it). The file's
+    ``iteration`` is that of the metric: ``max_iter`` for the final evaluation, as in
+    detectron2's storage.
     """
 
-    def _best_checking(self) -> None:
-        latest = self.trainer.storage.latest().get(self._val_metric)
+    def __init__(self, eval_period: int, checkpointer: Checkpointer, val_metric: str,
+                 mode: str = "max", file_prefix: str = "model_best"):
+        """
+        Args:
+            eval_period: the period of the evaluation hook.
+            checkpointer: writes the file (``save(name, tag_last=..., iteration=...)``).
+            val_metric: the storage key of the metric, e.g. ``"sem_seg/mIoU"``.
+            mode: ``"max"`` or ``"min"``: which values are better.
+            file_prefix: the file name without ``.pth``.
+        """
+        if mode not in BETTER:
+            raise ValueError(f"mode must be one of {sorted(BETTER)}, got {mode!r}")
+        self.eval_period = eval_period
+        self.checkpointer = checkpointer
+        self.val_metric = val_metric
+        self.better = BETTER[mode]
+        self.file_prefix = file_prefix
+        self.best_metric: Optional[float] = None
+        self.best_iter: Optional[int] = None
+
+    def after_step(self) -> None:
+        if _evaluates_after_step(self.trainer, self.eval_period):
+            self._check()
+
+    def after_train(self) -> None:
+        if self.trainer.iter + 1 >= self.trainer.max_iter:  # the final evaluation ran
+            self._check()
+
+    def _check(self) -> None:
+        latest = self.trainer.storage.latest().get(self.val_metric)
         if latest is None:
             raise KeyError(
-                f"best checkpoint: the evaluation stored no '{self._val_metric}' "
+                f"best checkpoint: the evaluation stored no '{self.val_metric}' "
                 "(metric names look like 'sem_seg/mIoU')"
             )
         value, iteration = latest
@@ -88,29 +131,25 @@ class BestCheckpointer(hooks.BestCheckpointer):
         if not math.isfinite(value):
             logger.warning(
                 "%s=%s at iteration %d is NaN or infinite; it is never the best (kept: %s at "
-                "iteration %s)", self._val_metric, value, iteration, previous, previous_iter,
+                "iteration %s)", self.val_metric, value, iteration, previous, previous_iter,
             )
-        elif previous is not None and not self._compare(value, previous):
+        elif previous is not None and not self.better(value, previous):
             logger.info(
                 "%s=%.5f at iteration %d is not better than %.5f at iteration %d",
-                self._val_metric, value, iteration, previous, previous_iter,
+                self.val_metric, value, iteration, previous, previous_iter,
             )
-        elif self._update_best(value, iteration):  # False for NaN / inf
-            self._checkpointer.save(self._file_prefix, tag_last=False, iteration=iteration)
+        else:
+            self.best_metric, self.best_iter = value, iteration
+            self.checkpointer.save(self.file_prefix, tag_last=False, iteration=iteration)
             logger.info(
                 "New best %s=%.5f at iteration %d (previous: %s); saved %s.pth",
-                self._val_metric, value, iteration, previous, self._file_prefix,
+                self.val_metric, value, iteration, previous, self.file_prefix,
             )
-
-    @property
-    def val_metric(self) -> str:
-        """The metric compared, e.g. ``sem_seg/mIoU``."""
-        return self._val_metric
 
     @property
     def file_name(self) -> str:
         """The best checkpoint's file name in the checkpointer's folder."""
-        return f"{self._file_prefix}.pth"
+        return f"{self.file_prefix}.pth"
 
     def state_dict(self) -> Dict[str, Any]:
         return {"best_metric": self.best_metric, "best_iter": self.best_iter}
@@ -136,11 +175,10 @@ class EarlyStopping(HookBase):
             best_checkpointer: the run's best checkpointer on the main process; None elsewhere.
             eval_period: the period of the evaluation hook (> 0).
             patience: evaluations without improvement that end training (>= 1).
+
+        ``TrainSchema`` checks ``train.early_stopping`` and ``train.eval_period`` when the config
+        loads.
         """
-        if not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"early stopping patience must be an int >= 1, got {patience!r}")
-        if eval_period <= 0:
-            raise ValueError("early stopping needs periodic evaluation: set train.eval_period > 0")
         if comm.is_main_process() and best_checkpointer is None:
             raise ValueError("early stopping needs the best checkpointer on the main process")
         self._best = best_checkpointer

@@ -10,10 +10,11 @@ from detectron2.engine import default_setup
 from detectron2.utils import comm
 from detectron2.utils.collect_env import collect_env_info
 from detectron2.utils.env import seed_all_rng
-from detectron2.utils.logger import setup_logger
 from omegaconf import DictConfig
 
 from dinov3_m2f.run_lock import OutputDirLockedError, RunLock, acquire_output_lock
+
+from .logging_setup import setup_run_logging
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +59,7 @@ def setup_run(cfg: DictConfig, args) -> Optional[RunLock]:
         The lock to release at the end of the run (main process, training), else None.
     """
     output_dir, rank = cfg.train.output_dir, comm.get_rank()
-    # default_setup's own loggers (setup_logger caches its calls: same arguments, same handlers)
-    setup_logger(output_dir, distributed_rank=rank, name="fvcore")
-    setup_logger(output_dir, distributed_rank=rank)
-    setup_logger(output_dir, distributed_rank=rank, name="dinov3_m2f")
+    setup_run_logging(output_dir, rank=rank)
     if not args.eval_only:
         lock = claim_output_dir(output_dir, force=args.force_output_dir)
         default_setup(cfg, args)

@@ -3,9 +3,8 @@ clipping, per-iteration seeding, a non-finite-loss check and stop requests) and 
 process."""
 import contextlib
 import logging
-import re
 import time
-from typing import Dict, Optional, Sequence
+from typing import Dict, Iterator, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -14,8 +13,9 @@ from detectron2.utils import comm
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from dinov3_m2f.config_schema import AMP_DTYPES, DEVICE_PATTERN
+from dinov3_m2f.config_schema import AMP_DTYPES
 from dinov3_m2f.data.sampling import derive_seed
+from dinov3_m2f.devices import parse_device
 
 logger = logging.getLogger(__name__)
 
@@ -29,22 +29,9 @@ DIVERGENCE_HINT = (
 
 
 def resolve_device(name: str) -> torch.device:
-    """The device of this process for a device string of the config or command line.
-
-    Args:
-        name: ``"cpu"``, ``"cuda"`` (the GPU of this process' local rank), ``"cuda:<i>"`` or
-            ``"auto"`` (``"cuda"`` when CUDA is available, else ``"cpu"``).
-    """
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if not re.fullmatch(DEVICE_PATTERN, name):
-        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:<i>' or 'auto', got {name!r}")
-    device = torch.device(name)
-    if device.type == "cpu":
-        return device
-    if not torch.cuda.is_available():
-        raise RuntimeError(f"device={name!r} but CUDA is not available; use 'cpu' or 'auto'")
-    return device if device.index is not None else torch.device("cuda", comm.get_local_rank())
+    """:func:`dinov3_m2f.devices.parse_device` with ``"cuda"`` meaning the GPU of this process'
+    local rank."""
+    return parse_device(name, local_rank=comm.get_local_rank())
 
 
 class _StopTraining(BaseException):
@@ -83,6 +70,9 @@ class SegTrainer(SimpleTrainer):
         seed: Optional[int] = None,
     ):
         """
+        The values come from ``cfg.train``, whose ranges :class:`~dinov3_m2f.config_schema.TrainSchema`
+        checks when the config loads.
+
         Args:
             model, data_loader, optimizer: as for ``SimpleTrainer``.
             device: device the model runs on (selects the autocast device type).
@@ -95,14 +85,6 @@ class SegTrainer(SimpleTrainer):
             seed: seed torch's random state per iteration (>= 0); None leaves it alone.
         """
         super().__init__(model, data_loader, optimizer)
-        if amp_dtype is not None and amp_dtype not in AMP_DTYPES:
-            raise ValueError(
-                f"amp_dtype must be one of {sorted(AMP_DTYPES)} or None, got {amp_dtype!r}"
-            )
-        if clip_grad_max_norm < 0:
-            raise ValueError(f"clip_grad_max_norm must be >= 0, got {clip_grad_max_norm}")
-        if not isinstance(grad_accum_steps, int) or grad_accum_steps < 1:
-            raise ValueError(f"grad_accum_steps must be an int >= 1, got {grad_accum_steps!r}")
         self.device = device
         self.amp_dtype = AMP_DTYPES[amp_dtype] if amp_dtype else None
         # Only fp16 needs loss scaling; bf16 has the fp32 exponent range.
@@ -118,6 +100,13 @@ class SegTrainer(SimpleTrainer):
         self.seed = seed
         self.stop_reason: Optional[str] = None
         self.stopped_early = False
+        self._batch_iterator: Optional[Iterator] = None
+
+    def _batches(self) -> Iterator:
+        """The iterator over ``data_loader``, created on first use (loader workers start then)."""
+        if self._batch_iterator is None:
+            self._batch_iterator = iter(self.data_loader)
+        return self._batch_iterator
 
     def request_stop(self, reason: str) -> None:
         """End training after the current iteration, logging ``reason`` (on every rank)."""
@@ -166,7 +155,7 @@ class SegTrainer(SimpleTrainer):
         summed: Dict[str, torch.Tensor] = {}
         for micro_step in range(self.grad_accum_steps):
             start = time.perf_counter()
-            data = next(self._data_loader_iter)
+            data = next(self._batches())
             data_time += time.perf_counter() - start
             if self.seed is not None:  # after the loader, which may draw (e.g. its first batch)
                 torch.manual_seed(derive_seed(self.seed, self.iter, micro_step, comm.get_rank()))
@@ -187,7 +176,7 @@ class SegTrainer(SimpleTrainer):
             for name, value in loss_dict.items():
                 summed[name] = summed.get(name, 0.0) + value.detach() / self.grad_accum_steps
         self.after_backward()
-        self._write_metrics(summed, data_time)
+        self.write_metrics(summed, data_time, self.iter)
 
         if self.clip_grad_max_norm > 0:
             if self.grad_scaler is not None:

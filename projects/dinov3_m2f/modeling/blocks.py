@@ -43,6 +43,16 @@ def get_norm(norm: NormSpec, num_channels: int) -> Optional[nn.Module]:
     raise ValueError(f"norm must be 'BN', 'SyncBN', 'GN', '' or a callable, got {norm!r}")
 
 
+def caffe2_xavier_fill_(module: nn.Module) -> None:
+    """Caffe2's "XavierFill" of a conv or linear layer, Mask2Former's init of its projections:
+    weight uniform in +-sqrt(3 / fan_in) (``kaiming_uniform_`` with ``a=1``), bias 0. (fvcore has
+    the same function, but importing ``fvcore.nn`` scripts its losses with ``torch.jit.script``,
+    a deprecation warning on every import.)"""
+    nn.init.kaiming_uniform_(module.weight, a=1)
+    if module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
 class ConvNormAct(nn.Conv2d):
     """``nn.Conv2d`` followed by an optional ``norm`` submodule and an optional activation.
 

@@ -1,14 +1,13 @@
 """Mask2Former pixel decoder: deformable-attention encoder over the coarse levels + FPN to stride 4."""
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from fvcore.nn.weight_init import c2_xavier_fill
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ..layers import MSDeformAttn
 from .blocks import GROUP_NORM_GROUPS, ConvNormAct, NormSpec, channels_and_stride, get_norm
-from .blocks import grid_reference_points, split_levels
+from .blocks import caffe2_xavier_fill_, grid_reference_points, split_levels
 from .position_encoding import PositionEmbeddingSine
 
 __all__ = ["MSDeformAttnPixelDecoder", "MSDeformAttnEncoderLayer"]
@@ -255,13 +254,13 @@ class MSDeformAttnPixelDecoder(nn.Module):
                 norm=get_norm(norm, conv_dim),
                 activation=F.relu,
             )
-            c2_xavier_fill(lateral)
-            c2_xavier_fill(output)
+            caffe2_xavier_fill_(lateral)
+            caffe2_xavier_fill_(output)
             self.lateral_convs.append(lateral)
             self.output_convs.append(output)
 
         self.mask_feature = nn.Conv2d(conv_dim, mask_dim, kernel_size=1)
-        c2_xavier_fill(self.mask_feature)
+        caffe2_xavier_fill_(self.mask_feature)
 
     def _upsample(self, x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
         align_corners = False if self.upsample_mode == "bilinear" else None

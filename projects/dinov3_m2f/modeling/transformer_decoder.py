@@ -1,12 +1,11 @@
 """Mask2Former transformer decoder: learnable queries with masked cross-attention over 3 scales."""
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from fvcore.nn.weight_init import c2_xavier_fill
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .blocks import MLP
+from .blocks import MLP, caffe2_xavier_fill_
 from .position_encoding import PositionEmbeddingSine
 
 __all__ = ["MultiScaleMaskedTransformerDecoder"]
@@ -262,7 +261,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         for _ in range(num_feature_levels):
             if in_channels != hidden_dim or enforce_input_project:
                 proj = nn.Conv2d(in_channels, hidden_dim, kernel_size=1)
-                c2_xavier_fill(proj)
+                caffe2_xavier_fill_(proj)
             else:
                 proj = nn.Identity()
             self.input_proj.append(proj)
