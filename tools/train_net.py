@@ -10,13 +10,19 @@ The config provides (see ``configs/common/train.py`` for the ``train`` fields):
     train                     output_dir, init_checkpoint, init_partial, max_iter, device, amp,
                               clip_grad, ddp, checkpointer, full_checkpoint, eval_period,
                               log_period, seed, best_checkpoint, early_stopping, trainable,
-                              freeze, grad_accum_steps, compile (types and ranges checked at
-                              load time)
+                              freeze, grad_accum_steps, compile, preemption_signals (types
+                              and ranges checked at load time)
 
 ``--resume`` continues from the checkpoint named in ``train.output_dir/last_checkpoint`` (the
 newest periodic or final one) exactly as an uninterrupted run would have; without a checkpoint
 there it says so and starts from ``train.init_checkpoint``, so a preemptible job can always pass
 ``--resume``.
+
+Processes: ``--num-gpus N`` starts N per machine (``--num-machines``, ``--machine-rank``,
+``--dist-url``); under ``torchrun`` or ``srun`` this process joins the group they describe. A
+signal of ``train.preemption_signals`` (SIGTERM, SIGUSR1, SIGINT) saves a checkpoint after the
+current iteration and exits with code 75 (requeue the job, then ``--resume``); see
+docs/cluster.md.
 
 Examples:
     python tools/train_net.py --config-file configs/synthetic/m2f_tiny_synthetic.py
@@ -24,6 +30,7 @@ Examples:
         model.backbone.weights=/ckpt/dinov3_vitl16_sat493m.pth
     python tools/train_net.py --config-file <cfg> --resume
     python tools/train_net.py --config-file <cfg> --eval-only train.init_checkpoint=<model.pth>
+    torchrun --nproc_per_node 8 tools/train_net.py --config-file <cfg> --resume
 """
 import json
 import logging
@@ -38,7 +45,6 @@ from detectron2.engine import (
     default_setup,
     default_writers,
     hooks,
-    launch,
 )
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
@@ -50,7 +56,10 @@ from torch import nn
 from dinov3_m2f.config_schema import AMP_DTYPES
 from dinov3_m2f.d2.checkpoint import TrainableCheckpointer
 from dinov3_m2f.d2.config import load_config
+from dinov3_m2f.d2.config_agreement import check_same_config
 from dinov3_m2f.d2.hooks import BestCheckpointer, EarlyStopping, SegEvalHook, SegPeriodicCheckpointer
+from dinov3_m2f.d2.launch import DEFAULT_DIST_TIMEOUT_S, launch, process_group_backend
+from dinov3_m2f.d2.preemption import PreemptionHook, active_request
 from dinov3_m2f.d2.trainer import SegTrainer, resolve_device
 from dinov3_m2f.modeling.torch_compile import compile_parts
 from dinov3_m2f.training import frozen_state_prefixes, set_trainable
@@ -106,8 +115,9 @@ def build_training_hooks(
 
     The best checkpoint and early stopping come after the evaluation whose results they read;
     the periodic checkpoint comes last, after the metrics of its iteration are written, so that
-    a run resumed from it continues exactly (best value, ``metrics.json``). Hooks that only the
-    main process runs are None elsewhere (``register_hooks`` drops them).
+    a run resumed from it continues exactly (best value, ``metrics.json``); the preemption hook
+    (a checkpoint and exit after a signal) runs after it. Hooks that only the main process runs
+    are None elsewhere (``register_hooks`` drops them).
     """
     train = cfg.train
     if train.early_stopping is not None and train.best_checkpoint is None:
@@ -131,6 +141,8 @@ def build_training_hooks(
         else None,
         hooks.PeriodicWriter(writers, period=train.log_period) if main else None,
         SegPeriodicCheckpointer(checkpointer, **train.checkpointer, writers=files) if main else None,
+        PreemptionHook(active_request(), checkpointer=checkpointer if main else None,
+                       period=train.checkpointer.period, writers=files),
     ]
 
 
@@ -224,6 +236,7 @@ def do_eval_only(cfg: DictConfig) -> Dict:
 
 def main(args) -> None:
     cfg = load_config(args.config_file, overrides=args.opts)
+    check_same_config(cfg)
     default_setup(cfg, args)
     # default_setup configures the "detectron2" and "fvcore" loggers; ours logs too.
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="dinov3_m2f")
@@ -234,14 +247,25 @@ def main(args) -> None:
 
 
 def invoke_main() -> None:
-    args = default_argument_parser(epilog=__doc__).parse_args()
+    parser = default_argument_parser(epilog=__doc__)
+    parser.add_argument(
+        "--dist-timeout", type=float, default=DEFAULT_DIST_TIMEOUT_S, metavar="SECONDS",
+        help="how long the start-up waits for every process (and any collective may wait) "
+        f"before failing with a message (default {DEFAULT_DIST_TIMEOUT_S} s)",
+    )
+    args = parser.parse_args()
+    # the launcher needs the signals and the device before any worker loads the config
+    cfg = load_config(args.config_file, overrides=args.opts)
     launch(
         main,
-        args.num_gpus,
+        (args,),
+        num_processes=args.num_gpus,
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
-        args=(args,),
+        timeout_s=args.dist_timeout,
+        backend=process_group_backend(cfg.train.device),
+        preemption_signals=[] if args.eval_only else list(cfg.train.preemption_signals),
     )
 
 

@@ -45,4 +45,8 @@ train = dict(
     log_period=20,
     seed=42,
     cudnn_benchmark=False,
+    # Signals that stop training cleanly: every process finishes its iteration, a checkpoint is
+    # written and the process exits with code 75 (requeue, then --resume); a second signal exits
+    # at once. See docs/cluster.md.
+    preemption_signals=["SIGTERM", "SIGUSR1", "SIGINT"],
 )

@@ -12,6 +12,7 @@ model is built, and never after days of training at the final evaluation:
 import inspect
 import pydoc
 import re
+import signal
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 
@@ -35,6 +36,8 @@ AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 # Device strings of train.device besides "auto".
 DEVICE_PATTERN = r"cpu|cuda(:\d+)?"
 BEST_MODES = ("max", "min")
+# Signals a process cannot handle, refused in train.preemption_signals.
+UNCATCHABLE_SIGNALS = ("SIGKILL", "SIGSTOP")
 
 _ABSENT = object()
 _NAMED_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
@@ -126,6 +129,7 @@ class TrainSchema:
     log_period: int = MISSING
     seed: int = MISSING
     cudnn_benchmark: bool = MISSING
+    preemption_signals: List[str] = MISSING
     # False, True or a mapping of torch.compile arguments (checked in __post_init__)
     compile: Any = MISSING
 
@@ -137,6 +141,12 @@ class TrainSchema:
             raise ConfigValueError(
                 f"train.device must be 'auto', 'cpu', 'cuda' or 'cuda:<i>', got {self.device!r}"
             )
+        for name in self.preemption_signals:
+            if name not in signal.Signals.__members__ or name in UNCATCHABLE_SIGNALS:
+                raise ConfigValueError(
+                    f"train.preemption_signals: {name!r} is not a signal name this process can "
+                    "handle (e.g. 'SIGTERM', 'SIGUSR1', 'SIGINT')"
+                )
         try:
             compile_kwargs(self.compile)
         except TypeError as error:
