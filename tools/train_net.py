@@ -115,9 +115,9 @@ def build_training_hooks(
 
     The best checkpoint and early stopping come after the evaluation whose results they read;
     the periodic checkpoint comes last, after the metrics of its iteration are written, so that
-    a run resumed from it continues exactly (best value, ``metrics.json``); the preemption hook
-    (a checkpoint and exit after a signal) runs after it. Hooks that only the main process runs
-    are None elsewhere (``register_hooks`` drops them).
+    a run resumed from it continues exactly (best value, ``metrics.json``). The preemption hook
+    (a checkpoint and exit after a signal) comes after the evaluation and before the writers.
+    Hooks that only the main process runs are None elsewhere (``register_hooks`` drops them).
     """
     train = cfg.train
     if train.early_stopping is not None and train.best_checkpoint is None:
@@ -139,10 +139,9 @@ def build_training_hooks(
         EarlyStopping(best, eval_period=train.eval_period, **train.early_stopping)
         if train.early_stopping is not None
         else None,
+        PreemptionHook(active_request(), checkpointer=checkpointer if main else None, writers=files),
         hooks.PeriodicWriter(writers, period=train.log_period) if main else None,
         SegPeriodicCheckpointer(checkpointer, **train.checkpointer, writers=files) if main else None,
-        PreemptionHook(active_request(), checkpointer=checkpointer if main else None,
-                       period=train.checkpointer.period, writers=files),
     ]
 
 

@@ -32,7 +32,7 @@ from dinov3_m2f.d2.trainer import SegTrainer  # noqa: E402
 
 
 def _toy_run(tmp_path, request, *, max_iter=6, period=4):
-    """A toy trainer with the periodic checkpointer and the preemption hook, as train_net
+    """A toy trainer with the preemption hook and the periodic checkpointer, as train_net
     registers them; returns the trainer."""
     os.makedirs(tmp_path, exist_ok=True)
     model = _Net()
@@ -41,8 +41,8 @@ def _toy_run(tmp_path, request, *, max_iter=6, period=4):
                          device=torch.device("cpu"))
     checkpointer = TrainableCheckpointer(model, str(tmp_path), trainer=trainer)
     trainer.register_hooks([
+        preemption.PreemptionHook(request, checkpointer=checkpointer),
         SegPeriodicCheckpointer(checkpointer, period=period, max_iter=max_iter),
-        preemption.PreemptionHook(request, checkpointer=checkpointer, period=period),
     ])
     return trainer
 
@@ -73,17 +73,13 @@ def test_the_hook_checkpoints_the_iteration_and_exits_with_the_requeue_code(tmp_
             f"{tmp_path / 'model_0000002.pth'}") in caplog.text
 
 
-def test_a_signal_at_a_periodic_checkpoint_reuses_it_and_during_the_last_iteration_finishes(tmp_path):
-    request = _SignalAt(3)  # iteration 3 is periodic (period 4)
-    trainer = request.trainer = _toy_run(tmp_path / "periodic", request)
-    with pytest.raises(SystemExit):
+def test_a_signal_during_the_last_iteration_lets_the_run_finish(tmp_path, caplog):
+    request = _SignalAt(5)
+    trainer = request.trainer = _toy_run(tmp_path, request)
+    with caplog.at_level(logging.INFO):
         trainer.train(0, 6)
-    assert sorted(os.listdir(tmp_path / "periodic")) == ["last_checkpoint", "model_0000003.pth"]
-
-    request = _SignalAt(5)  # the last iteration: the run ends as usual
-    trainer = request.trainer = _toy_run(tmp_path / "last", request)
-    trainer.train(0, 6)
-    assert (tmp_path / "last" / "last_checkpoint").read_text() == "model_final.pth"
+    assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
+    assert "SIGUSR1 received during iteration 5, the last one: finishing the run" in caplog.text
 
 
 def test_a_second_signal_exits_at_once(monkeypatch):

@@ -122,13 +122,14 @@ def _agreed_signal(request: PreemptionRequest) -> int:
 
 class PreemptionHook(HookBase):
     """After every iteration: if any process was asked to stop, the main process writes
-    ``model_<iteration>.pth`` (as :class:`~dinov3_m2f.d2.hooks.SegPeriodicCheckpointer` does,
-    after flushing the metric files; ``last_checkpoint`` names it) unless the periodic checkpoint
-    of this iteration was just written, logs the signal, the iteration and the file, and every
+    ``model_<iteration>.pth`` as the periodic checkpointer does (after flushing the metric
+    files; ``last_checkpoint`` names it), logs the signal, the iteration and the file, and every
     process raises :class:`Preempted`.
 
-    During the last iteration a request is only logged: the final checkpoint is written by the
-    periodic checkpointer and the run ends as usual. Register it last, on every process.
+    A request during the last iteration, or at an iteration where early stopping ends the run,
+    is only logged: the run ends as usual with its final checkpoint. Register it on every
+    process after the evaluation, best-checkpoint and early-stopping hooks and before the
+    ``PeriodicWriter``: the writer then prints the stopped iteration once, in ``after_train``.
     """
 
     def __init__(
@@ -136,7 +137,6 @@ class PreemptionHook(HookBase):
         request: PreemptionRequest,
         *,
         checkpointer=None,
-        period: int,
         writers: Sequence[EventWriter] = (),
         file_prefix: str = "model",
     ):
@@ -144,16 +144,14 @@ class PreemptionHook(HookBase):
         Args:
             request: this process' preemption request (:func:`active_request`).
             checkpointer: the run's checkpointer on the main process; None elsewhere.
-            period: the period of the periodic checkpointer (``train.checkpointer.period``).
             writers: event writers (``metrics.json``) to flush before the checkpoint.
             file_prefix: the periodic checkpointer's file prefix.
         """
         self._request = request
         self._checkpointer = checkpointer
-        self._period = period
         self._writers = list(writers)
         self._file_prefix = file_prefix
-        self._logged_last = False
+        self._logged_end = False
 
     def after_step(self) -> None:
         signum = _agreed_signal(self._request)
@@ -161,28 +159,23 @@ class PreemptionHook(HookBase):
             return
         name = signal.Signals(signum).name
         iteration = self.trainer.iter
-        if iteration >= self.trainer.max_iter - 1:
-            if not self._logged_last:
-                logger.info("%s received during the last iteration (%d): finishing the run",
+        if iteration >= self.trainer.max_iter - 1 or self.trainer.stop_reason is not None:
+            if not self._logged_end:
+                logger.info("%s received during iteration %d, the last one: finishing the run",
                             name, iteration)
-                self._logged_last = True
+                self._logged_end = True
             return
-        if self._checkpointer is not None:
-            path = self._save(iteration)
-            logger.warning(
-                "Preempted by %s: stopped after iteration %d of %d, checkpoint %s "
-                "(last_checkpoint updated); exiting with code %d, continue with --resume",
-                name, iteration, self.trainer.max_iter, path, PREEMPTED_EXIT_CODE,
-            )
-        else:
+        if self._checkpointer is None:
             logger.info("Preempted by %s: stopped after iteration %d", name, iteration)
+            raise Preempted()
+        for writer in self._writers:
+            writer.write()
+        basename = f"{self._file_prefix}_{iteration:07d}"
+        self._checkpointer.save(basename, iteration=iteration)
+        logger.warning(
+            "Preempted by %s: stopped after iteration %d of %d, checkpoint %s (last_checkpoint "
+            "updated); exiting with code %d, continue with --resume", name, iteration,
+            self.trainer.max_iter, os.path.join(self._checkpointer.save_dir, f"{basename}.pth"),
+            PREEMPTED_EXIT_CODE,
+        )
         raise Preempted()
-
-    def _save(self, iteration: int) -> str:
-        """Write the checkpoint of ``iteration`` (if the periodic one was not just written)."""
-        name = f"{self._file_prefix}_{iteration:07d}"
-        if (iteration + 1) % self._period != 0:
-            for writer in self._writers:
-                writer.write()
-            self._checkpointer.save(name, iteration=iteration)
-        return os.path.join(self._checkpointer.save_dir, f"{name}.pth")
