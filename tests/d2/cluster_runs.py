@@ -86,12 +86,11 @@ class Runs:
 
     def kill_all(self):
         for proc in self.procs:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait()
+            try:  # also when the process itself has ended: its workers may not have
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
 
 
 def logged_iterations(output_dir):

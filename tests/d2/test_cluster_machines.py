@@ -106,8 +106,10 @@ def test_workers_die_with_a_killed_launcher_and_free_the_port(synthetic_env, tmp
     finally:
         runs.kill_all()
     assert survivors == [], f"workers {survivors} outlived their launcher"
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", port))  # the rendezvous port is free again
+    with socket.socket() as sock:  # nothing listens on the rendezvous port any more
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past closed connections
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
 
 
 # ---------------------------------------------------------------- launcher variables
@@ -144,6 +146,8 @@ def test_launcher_variables_that_cannot_work_are_named():
     torchrun = {"LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", **master}
     with pytest.raises(ValueError, match="started by torchrun .* --num-gpus 2 .* leave both at 1"):
         launch(print, num_processes=2, environ=torchrun)
+    with pytest.raises(ValueError, match="started by srun .* --num-gpus 2 --num-machines 3"):
+        launch(print, num_processes=2, num_machines=3, environ={**srun, **master})
 
 
 def test_config_fingerprints_name_the_differing_keys():

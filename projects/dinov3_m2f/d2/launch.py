@@ -29,7 +29,6 @@ from detectron2.utils.logger import setup_logger
 
 from .preemption import (
     PREEMPTED_EXIT_CODE,
-    SIGNAL_EXIT_BASE,
     Preempted,
     PreemptionRequest,
     install_preemption_handlers,
@@ -234,7 +233,8 @@ def launch(main_func: Callable, args: tuple = (), *, num_processes: int = 1, num
     Args:
         main_func, args: what every process runs.
         num_processes: processes to start on this machine (``--num-gpus``); 1 when started by
-            ``torchrun`` or ``srun``.
+            ``torchrun`` or ``srun`` (or ``srun`` with one task per machine and
+            ``num_machines`` tasks: the ``--num-gpus`` layout).
         num_machines, machine_rank, dist_url: as for detectron2's ``launch`` (``"auto"``: a free
             port on localhost, one machine only).
         timeout_s: the longest wait of the start-up rendezvous and of any collective.
@@ -247,12 +247,16 @@ def launch(main_func: Callable, args: tuple = (), *, num_processes: int = 1, num
         ValueError: launcher variables together with ``--num-gpus`` / ``--num-machines``.
     """
     setting = distributed_environment(os.environ if environ is None else environ)
+    given = num_processes != 1 or num_machines != 1
+    if setting is not None and given and setting.launcher == "srun" and num_machines == setting.world_size:
+        setting = None  # one srun task per machine, each starting --num-gpus processes
     if setting is not None:
-        if num_processes != 1 or num_machines != 1:
+        if given:
             raise ValueError(
                 f"started by {setting.launcher} ({setting.world_size} processes) and given "
                 f"--num-gpus {num_processes} --num-machines {num_machines}: {setting.launcher} "
-                "already started the processes; leave both at 1"
+                "already started the processes; leave both at 1 (with srun, --num-gpus needs "
+                "one task per machine and --num-machines equal to the number of tasks)"
             )
         install_preemption_handlers(preemption_signals)
         _join_process_group(setting, backend=backend, timeout_s=timeout_s)

@@ -165,17 +165,20 @@ class PreemptionHook(HookBase):
                             name, iteration)
                 self._logged_end = True
             return
-        if self._checkpointer is None:
+        if self._checkpointer is not None:
+            for writer in self._writers:
+                writer.write()
+            basename = f"{self._file_prefix}_{iteration:07d}"
+            self._checkpointer.save(basename, iteration=iteration)
+            logger.warning(
+                "Preempted by %s: stopped after iteration %d of %d, checkpoint %s (last_checkpoint "
+                "updated); exiting with code %d, continue with --resume", name, iteration,
+                self.trainer.max_iter, os.path.join(self._checkpointer.save_dir, f"{basename}.pth"),
+                PREEMPTED_EXIT_CODE,
+            )
+        else:
             logger.info("Preempted by %s: stopped after iteration %d", name, iteration)
-            raise Preempted()
-        for writer in self._writers:
-            writer.write()
-        basename = f"{self._file_prefix}_{iteration:07d}"
-        self._checkpointer.save(basename, iteration=iteration)
-        logger.warning(
-            "Preempted by %s: stopped after iteration %d of %d, checkpoint %s (last_checkpoint "
-            "updated); exiting with code %d, continue with --resume", name, iteration,
-            self.trainer.max_iter, os.path.join(self._checkpointer.save_dir, f"{basename}.pth"),
-            PREEMPTED_EXIT_CODE,
-        )
+        # No process ends before the checkpoint is complete: a launcher that sees one process end
+        # terminates the others.
+        comm.synchronize()
         raise Preempted()
