@@ -36,7 +36,7 @@ def test_a_missing_machine_fails_within_the_timeout_saying_what_it_waited_for(sy
         runs.kill_all()
     log = runs.log(proc)
     assert code != 0
-    assert (f"Waiting up to {SHORT_TIMEOUT_S} s for 2 processes on 2 machines at "
+    assert (f"Waiting up to {SHORT_TIMEOUT_S} s for 2 processes on 2 machine(s) at "
             f"tcp://127.0.0.1:{port} (this is machine 0") in log
     assert (f"Distributed start-up failed at tcp://127.0.0.1:{port}: the 2 processes (2 machines x "
             f"1) did not all join within {SHORT_TIMEOUT_S} s") in log

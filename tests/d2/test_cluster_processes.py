@@ -73,7 +73,7 @@ def test_torchrun_gives_the_losses_of_num_gpus_2(synthetic_env, tmp_path, two_pr
         proc = runs.run(train_command(out, program=torchrun), "torchrun")
     finally:
         runs.kill_all()
-    assert "Waiting up to 1800 s for 2 processes on 1 machines" in runs.log(proc)
+    assert "Waiting up to 1800 s for 2 processes on 1 machine(s)" in runs.log(proc)
     expected, actual = logged_iterations(two_process_run), logged_iterations(out)
     # one run, not two: every iteration (and the final evaluation) logged once
     assert [e["iteration"] for e in actual] == [e["iteration"] for e in expected] == list(
@@ -97,7 +97,7 @@ def test_two_machines_train_are_signalled_and_resume(synthetic_env, tmp_path, tw
         name, iteration = preempted_checkpoint(out)
         assert f"Preempted by SIGUSR1: stopped after iteration {iteration} of {MAX_ITER}" in runs.log(
             machines[0])
-        assert "for 2 processes on 2 machines at tcp://127.0.0.1" in runs.log(machines[1])
+        assert "for 2 processes on 2 machine(s) at tcp://127.0.0.1" in runs.log(machines[1])
         port = free_port()
         resumed = [runs.start(_machine_command(out, rank, port, "--resume"), f"resumed{rank}")
                    for rank in (0, 1)]

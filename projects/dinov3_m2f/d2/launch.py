@@ -147,7 +147,7 @@ def _join_process_group(setting: ProcessGroupSetting, *, backend: str, timeout_s
         )
     where = _describe(setting.dist_url)
     logger.info(
-        "Waiting up to %d s for %d processes on %d machines at %s (this is machine %d, %s)",
+        "Waiting up to %d s for %d processes on %d machine(s) at %s (this is machine %d, %s)",
         timeout_s, setting.world_size, setting.num_machines, where, setting.machine_rank,
         setting.launcher,
     )
