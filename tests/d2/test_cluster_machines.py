@@ -148,6 +148,8 @@ def test_launcher_variables_that_cannot_work_are_named():
         launch(print, num_processes=2, environ=torchrun)
     with pytest.raises(ValueError, match="started by srun .* --num-gpus 2 --num-machines 3"):
         launch(print, num_processes=2, num_machines=3, environ={**srun, **master})
+    with pytest.raises(ValueError, match="--dist-timeout must be > 0 seconds, got 0"):
+        launch(print, timeout_s=0, environ={})
 
 
 def test_config_fingerprints_name_the_differing_keys():

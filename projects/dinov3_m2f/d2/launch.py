@@ -244,8 +244,11 @@ def launch(main_func: Callable, args: tuple = (), *, num_processes: int = 1, num
 
     Raises:
         Preempted: (a ``SystemExit``) the workers stopped after a preemption signal.
-        ValueError: launcher variables together with ``--num-gpus`` / ``--num-machines``.
+        ValueError: launcher variables together with ``--num-gpus`` / ``--num-machines``, or a
+            timeout that is not positive.
     """
+    if not timeout_s > 0:
+        raise ValueError(f"--dist-timeout must be > 0 seconds, got {timeout_s}")
     setting = distributed_environment(os.environ if environ is None else environ)
     given = num_processes != 1 or num_machines != 1
     if setting is not None and given and setting.launcher == "srun" and num_machines == setting.world_size:
