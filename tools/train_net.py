@@ -18,12 +18,19 @@ warning (docs/training_resume.md). A training run locks ``train.output_dir`` (``
 ``--force-output-dir`` overrides) and ends with a summary of its metrics and files;
 ``--eval-only`` saves its config as ``config_eval.yaml``, leaving the training ``config.yaml``.
 
+Processes: ``--num-gpus N`` starts N per machine (``--num-machines``, ``--machine-rank``,
+``--dist-url``); under ``torchrun`` or ``srun`` this process joins the group they describe. A
+signal of ``train.preemption_signals`` (SIGTERM, SIGUSR1, SIGINT) saves a checkpoint after the
+current iteration and exits with code 75 (requeue the job, then ``--resume``); see
+docs/cluster.md.
+
 Examples:
     python tools/train_net.py --config-file configs/synthetic/m2f_tiny_synthetic.py
     python tools/train_net.py --config-file configs/loveda/m2f_vitl16_sat493m_512.py --num-gpus 8 \
         model.backbone.weights=/ckpt/dinov3_vitl16_sat493m.pth
     python tools/train_net.py --config-file <cfg> --resume
     python tools/train_net.py --config-file <cfg> --eval-only train.init_checkpoint=<model.pth>
+    torchrun --nproc_per_node 8 tools/train_net.py --config-file <cfg> --resume
 """
 import argparse
 import logging
@@ -39,7 +46,6 @@ from detectron2.engine import (
     default_argument_parser,
     default_writers,
     hooks,
-    launch,
 )
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
@@ -50,8 +56,11 @@ from torch import nn
 from dinov3_m2f.config_schema import AMP_DTYPES
 from dinov3_m2f.d2.checkpoint import TrainableCheckpointer
 from dinov3_m2f.d2.config import load_config
+from dinov3_m2f.d2.config_agreement import check_same_config
 from dinov3_m2f.d2.evaluation import results_to_json
 from dinov3_m2f.d2.hooks import BestCheckpointer, EarlyStopping, SegEvalHook, SegPeriodicCheckpointer
+from dinov3_m2f.d2.launch import DEFAULT_DIST_TIMEOUT_S, launch, process_group_backend
+from dinov3_m2f.d2.preemption import PreemptionHook, active_request
 from dinov3_m2f.d2.resume_settings import ResumeSettings
 from dinov3_m2f.d2.run_setup import setup_run
 from dinov3_m2f.d2.run_summary import METRICS_FILE, RunSummary
@@ -112,8 +121,10 @@ def build_training_hooks(
 
     ``resume_settings`` comes before the LR scheduler (the base learning rates it restores);
     the best checkpoint and early stopping come after the evaluation whose results they read;
-    the periodic checkpoint comes after the metrics of its iteration are written, so that a run
-    resumed from it continues exactly (best value, ``metrics.json``); the summary comes last.
+    the preemption hook (a checkpoint and exit after a signal) comes after the evaluation and
+    before the writers; the periodic checkpoint comes after the metrics of its iteration are
+    written, so that a run resumed from it continues exactly (best value, ``metrics.json``); the
+    summary comes last.
     Hooks that only the main process runs are None elsewhere (``register_hooks`` drops them).
     """
     train = cfg.train
@@ -135,6 +146,7 @@ def build_training_hooks(
         EarlyStopping(best, eval_period=train.eval_period, **train.early_stopping)
         if train.early_stopping is not None
         else None,
+        PreemptionHook(active_request(), checkpointer=checkpointer if main else None, writers=files),
         hooks.PeriodicWriter(writers, period=train.log_period) if main else None,
         SegPeriodicCheckpointer(checkpointer, **train.checkpointer, writers=files) if main else None,
         RunSummary(train.output_dir, checkpointer, best_checkpointer=best) if main else None,
@@ -235,6 +247,7 @@ def do_eval_only(cfg: DictConfig) -> Dict:
 
 def main(args) -> None:
     cfg = load_config(args.config_file, overrides=args.opts)
+    check_same_config(cfg)
     lock = setup_run(cfg, args)
     try:
         if args.eval_only:
@@ -247,25 +260,35 @@ def main(args) -> None:
 
 
 def argument_parser() -> argparse.ArgumentParser:
-    """detectron2's ``default_argument_parser`` with ``--force-output-dir``."""
+    """detectron2's ``default_argument_parser`` with ``--force-output-dir`` and ``--dist-timeout``."""
     parser = default_argument_parser(epilog=__doc__)
     parser.add_argument(
         "--force-output-dir", action="store_true",
         help="train even if train.output_dir/run.lock names another run (see "
              "docs/training_resume.md)",
     )
+    parser.add_argument(
+        "--dist-timeout", type=float, default=DEFAULT_DIST_TIMEOUT_S, metavar="SECONDS",
+        help="how long the start-up waits for every process (and any collective may wait) "
+        f"before failing with a message (default {DEFAULT_DIST_TIMEOUT_S} s)",
+    )
     return parser
 
 
 def invoke_main() -> None:
     args = argument_parser().parse_args()
+    # the launcher needs the signals and the device before any worker loads the config
+    cfg = load_config(args.config_file, overrides=args.opts)
     launch(
         main,
-        args.num_gpus,
+        (args,),
+        num_processes=args.num_gpus,
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
-        args=(args,),
+        timeout_s=args.dist_timeout,
+        backend=process_group_backend(cfg.train.device),
+        preemption_signals=[] if args.eval_only else list(cfg.train.preemption_signals),
     )
 
 

@@ -12,6 +12,7 @@ model is built, and never after days of training at the final evaluation:
 import dataclasses
 import inspect
 import pydoc
+import signal
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set
@@ -36,6 +37,8 @@ __all__ = [
 
 AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 BEST_MODES = ("max", "min")
+# Signals a process cannot handle, refused in train.preemption_signals.
+UNCATCHABLE_SIGNALS = ("SIGKILL", "SIGSTOP")
 
 _ABSENT = object()
 _NAMED_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
@@ -113,6 +116,10 @@ def _ddp_defaults() -> Dict[str, Any]:
     return dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False)
 
 
+def _preemption_signal_defaults() -> List[str]:
+    return ["SIGTERM", "SIGUSR1", "SIGINT"]
+
+
 @dataclass
 class TrainSchema:
     """``cfg.train``, read by ``tools/train_net.py``: the one definition of its keys, their
@@ -164,6 +171,10 @@ class TrainSchema:
     # (Inductor), or torch.compile arguments, e.g. dict(dynamic=True) for evaluation at changing
     # image sizes (each new size compiles again until torch makes the sizes dynamic).
     compile: Any = False
+    # Signals that stop training cleanly: every process finishes its iteration, a checkpoint is
+    # written and the process exits with code 75 (requeue, then --resume); a second signal exits
+    # at once. See docs/cluster.md.
+    preemption_signals: List[str] = field(default_factory=_preemption_signal_defaults)
 
     def __post_init__(self):
         for key, minimum in (("max_iter", 1), ("eval_period", 0), ("grad_accum_steps", 1),
@@ -177,6 +188,12 @@ class TrainSchema:
             raise ConfigValueError("train.early_stopping needs train.best_checkpoint (its metric and mode)")
         if self.early_stopping is not None and self.eval_period == 0:
             raise ConfigValueError("train.early_stopping needs periodic evaluation: train.eval_period > 0")
+        for name in self.preemption_signals:
+            if name not in signal.Signals.__members__ or name in UNCATCHABLE_SIGNALS:
+                raise ConfigValueError(
+                    f"train.preemption_signals: {name!r} is not a signal name this process can "
+                    "handle (e.g. 'SIGTERM', 'SIGUSR1', 'SIGINT')"
+                )
         try:
             compile_kwargs(self.compile)
         except TypeError as error:
