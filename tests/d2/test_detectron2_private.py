@@ -92,7 +92,8 @@ def test_no_other_module_reaches_a_private_detectron2_name():
         if path == PRIVATE_MODULE:
             continue
         text = path.read_text()
-        for name in re.findall(r"\.(_[a-z]\w*)", text):
+        # os._exit is documented standard library, not a private name
+        for name in re.findall(r"(?<!\bos)\.(_[a-z]\w*)", text):
             used.setdefault(name, set()).add(path.name)
         defined.update(re.findall(r"def (_[a-z]\w*)", text))
         defined.update(re.findall(r"(?:self|cls)\.(_[a-z]\w*)\s*(?::[^=\n]*)?=", text))

@@ -109,6 +109,8 @@ class SemSegGroundTruthLoader:
         self.ignore_label = metadata.ignore_label
         self.image_of_mask = {d["sem_seg_file_name"]: d["file_name"]
                               for d in DatasetCatalog.get(dataset_name) if "sem_seg_file_name" in d}
+        # pixels of the masks read so far whose label is a class (not ignore_label)
+        self.labelled_pixels = 0
 
     def __call__(self, filename: str, dtype=int) -> np.ndarray:
         """Returns the mask [H, W] with class ids and ``ignore_label``, as ``dtype``.
@@ -127,6 +129,7 @@ class SemSegGroundTruthLoader:
             if isinstance(e, OSError) or isinstance(e.__cause__, OSError):
                 raise UnreadableGroundTruthError(f"ground-truth mask {filename}: {e}") from e
             raise
+        self.labelled_pixels += int((labels != self.ignore_label).sum())
         return labels.astype(dtype)
 
 
@@ -136,13 +139,15 @@ class SkippingSemSegEvaluator(SemSegEvaluator):
     in :attr:`skipped` and left out of every metric."""
 
     def __init__(self, dataset_name: str, **kwargs):
-        loader = SemSegGroundTruthLoader(dataset_name)
-        super().__init__(dataset_name, sem_seg_loading_fn=loader, **kwargs)
+        self.dataset_name = dataset_name
+        self.ground_truth = SemSegGroundTruthLoader(dataset_name)
+        super().__init__(dataset_name, sem_seg_loading_fn=self.ground_truth, **kwargs)
         self.skipped: List[str] = []
 
     def reset(self) -> None:
         super().reset()
         self.skipped = []
+        self.ground_truth.labelled_pixels = 0
         self.evaluated = 0  # pairs counted in the confusion matrix on this process
 
     def process(self, inputs: List[Dict], outputs: List[Dict]) -> None:
@@ -168,14 +173,11 @@ class SkippingSemSegEvaluator(SemSegEvaluator):
                 "%d images were skipped on this process because their ground truth could not be "
                 "read: %s", len(self.skipped), ", ".join(self.skipped[:MAX_LISTED]),
             )
-        # rows: predicted class, columns: ground truth; the last column counts the ignored pixels
-        counts = [(self.evaluated, len(self.skipped), int(self._conf_matrix[:-1, :-1].sum()))]
-        if self._distributed:
-            counts = comm.all_gather(counts[0])
+        counts = comm.all_gather((self.evaluated, len(self.skipped), self.ground_truth.labelled_pixels))
         evaluated, skipped, labelled = (sum(column) for column in zip(*counts))
         if labelled == 0:
             raise NothingToEvaluateError(
-                f"evaluation of {self._dataset_name}: no labelled ground-truth pixel in the "
+                f"evaluation of {self.dataset_name}: no labelled ground-truth pixel in the "
                 f"{evaluated} images evaluated ({skipped} more skipped: unreadable mask; images "
                 "the loader could not read are named in the warnings above); every mIoU, fwIoU, "
                 "mACC and pACC would be NaN. Check that the masks hold class ids other than the "

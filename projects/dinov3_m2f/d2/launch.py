@@ -13,17 +13,19 @@
 The start-up rendezvous waits at most ``timeout`` (``--dist-timeout``), logging what it waits for;
 the same timeout bounds every collective operation (torch's process-group timeout).
 """
+import ctypes
 import datetime
 import logging
 import os
 import signal
+import socket
+import sys
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from detectron2.engine.launch import _find_free_port
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -36,6 +38,9 @@ from .preemption import (
 from .trainer import resolve_device
 
 logger = logging.getLogger(__name__)
+
+# prctl option of <linux/prctl.h>: the signal this process gets when its parent dies.
+PR_SET_PDEATHSIG = 1
 
 __all__ = ["DEFAULT_DIST_TIMEOUT_S", "ProcessGroupSetting", "distributed_environment", "launch",
            "process_group_backend"]
@@ -173,12 +178,30 @@ def _join_process_group(setting: ProcessGroupSetting, *, backend: str, timeout_s
     logger.info("All %d processes joined", setting.world_size)
 
 
+def _free_port() -> int:
+    """A TCP port of this machine that no process listens on now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when its parent exits (Linux; elsewhere workers
+    rely on the launcher's own clean-up)."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"prctl(PR_SET_PDEATHSIG): {os.strerror(error)}")
+
+
 def _spawned_worker(local_rank: int, main_func: Callable, args: tuple, machine_rank: int,
                     local_world_size: int, world_size: int, dist_url: str, backend: str,
                     timeout_s: float, signal_names: Sequence[str], shared, launcher_pid: int) -> None:
     """A worker started by :func:`launch`: dies with the launcher, handles preemption signals
     (and the launcher's request in ``shared``), joins the group, runs ``main_func``."""
-    mp._prctl_pr_set_pdeathsig(signal.SIGKILL)
+    _die_with_parent()
     if os.getppid() != launcher_pid:
         os._exit(1)  # the launcher ended before the death signal was set
     install_preemption_handlers(signal_names, shared=shared)
@@ -272,7 +295,7 @@ def launch(main_func: Callable, args: tuple = (), *, num_processes: int = 1, num
     if dist_url == "auto":
         if num_machines != 1:
             raise ValueError("--dist-url auto works on one machine only; give tcp://<host>:<port>")
-        dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
+        dist_url = f"tcp://127.0.0.1:{_free_port()}"
     _spawn(main_func, args, num_processes=num_processes, num_machines=num_machines,
            machine_rank=machine_rank, dist_url=dist_url, backend=backend, timeout_s=timeout_s,
            signal_names=preemption_signals)
