@@ -106,10 +106,24 @@ def test_workers_die_with_a_killed_launcher_and_free_the_port(synthetic_env, tmp
     finally:
         runs.kill_all()
     assert survivors == [], f"workers {survivors} outlived their launcher"
-    with socket.socket() as sock:  # nothing listens on the rendezvous port any more
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past closed connections
-        sock.bind(("127.0.0.1", port))
-        sock.listen()
+    assert _port_frees_up(port), f"the rendezvous port {port} is still taken"
+
+
+def _port_frees_up(port: int) -> bool:
+    """Whether ``port`` can be listened on within EXIT_WAIT_S (the kernel closes a killed
+    process's sockets once it is reaped, which can lag behind the kill on a busy machine)."""
+    deadline = time.monotonic() + EXIT_WAIT_S
+    while True:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past closed connections
+            try:
+                sock.bind(("127.0.0.1", port))
+                sock.listen()
+                return True
+            except OSError:
+                if time.monotonic() > deadline:
+                    return False
+        time.sleep(0.2)
 
 
 # ---------------------------------------------------------------- launcher variables

@@ -127,7 +127,9 @@ def test_last_checkpoint_never_names_the_best_checkpoint(tmp_path):
         assert f.read() == "model_final.pth"
 
 
-def test_resume_into_a_directory_without_checkpoint_says_so(tmp_path, caplog):
+def test_resume_into_a_directory_without_checkpoint_says_so(tmp_path, caplog, monkeypatch):
+    # a run set up earlier in this process (detectron2's setup_logger) stops propagation to caplog
+    monkeypatch.setattr(logging.getLogger("detectron2"), "propagate", True)
     train_net = load_tool("train_net")
     model = _Net()
     cfg = OmegaConf.create({"train": {"output_dir": str(tmp_path), "init_checkpoint": "",
