@@ -11,8 +11,9 @@
 #   build tools  setuptools and ninja, for the two source builds below.
 #   detectron2   Only when `import detectron2` fails: from DETECTRON2_SOURCE, built with
 #                --no-build-isolation against the installed torch.
-#   dinov3_m2f   Editable install with its dependencies and the test and deploy extras (deploy:
-#                onnx, onnxruntime, onnxscript for tools/export_model.py and tools/infer_onnx.py);
+#   dinov3_m2f   Editable install with its dependencies and the test, deploy and geo extras (deploy:
+#                onnx, onnxruntime, onnxscript for tools/export_model.py and tools/infer_onnx.py;
+#                geo: rasterio for GeoTIFF scenes in tools/segment_scenes.py);
 #                compiles the op (with CUDA kernels when torch is a CUDA build and nvcc matches it).
 #
 # Environment:
@@ -131,8 +132,8 @@ read -r FORCE_CUDA cuda_reason <<<"$cuda_decision"
 export FORCE_CUDA
 if [ "$FORCE_CUDA" = 1 ]; then kernels="CPU + CUDA kernels ($cuda_reason)"
 else kernels="CPU kernels only ($cuda_reason)"; fi
-step "dinov3_m2f: editable install with dependencies, test and deploy (onnx, onnxruntime, onnxscript) extras, op with $kernels (pip)" \
-  pip_install --no-build-isolation -e ".[test,deploy]"
+step "dinov3_m2f: editable install with dependencies, test, deploy (onnx, onnxruntime, onnxscript) and geo (rasterio) extras, op with $kernels (pip)" \
+  pip_install --no-build-isolation -e ".[test,deploy,geo]"
 
 echo "environment (python -m dinov3_m2f.collect_env):"
 "$PYTHON" -m dinov3_m2f.collect_env | sed 's/^/  /'

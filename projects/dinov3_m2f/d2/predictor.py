@@ -164,6 +164,15 @@ class SemSegPredictor:
             )
         return image
 
+    def predict_crops(self, crops: torch.Tensor) -> torch.Tensor:
+        """Scores [k, C, h, w] float32 of RGB crops [k, 3, h, w] (0..255, any size), as the model
+        scores one sliding window (no test-time resize); the ``predict`` of
+        :func:`dinov3_m2f.scenes.segment.segment_scene`."""
+        with torch.inference_mode(), torch.autocast(
+            self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
+        ):
+            return self.model.predict_crops(crops.to(self.device)).float()
+
     def __call__(
         self, image: Union[np.ndarray, str], *, return_probs: bool = False
     ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
