@@ -12,15 +12,9 @@ from PIL import Image
 
 from ..atomic_files import atomic_open
 from ..data.masks import IGNORE_VALUE
-from ..data.visualize import class_colors, draw_overlay
-from .readers import preview_shape
+from ..data.visualize import class_colors, draw_overlay, preview_shape, sample_centres
 
 __all__ = ["LabelPreview", "write_overlay"]
-
-
-def _centres(size: int, preview_size: int) -> np.ndarray:
-    """Source index of the centre of each of ``preview_size`` cells over ``size`` pixels."""
-    return ((np.arange(preview_size) + 0.5) * size / preview_size).astype(np.int64)
 
 
 class LabelPreview:
@@ -28,7 +22,7 @@ class LabelPreview:
 
     def __init__(self, height: int, width: int, *, max_size: int):
         preview_h, preview_w = preview_shape(height, width, max_size)
-        self.rows, self.cols = _centres(height, preview_h), _centres(width, preview_w)
+        self.rows, self.cols = sample_centres(height, preview_h), sample_centres(width, preview_w)
         self.labels = np.full((preview_h, preview_w), IGNORE_VALUE, dtype=np.uint8)
 
     def add(self, top: int, left: int, block: np.ndarray) -> None:

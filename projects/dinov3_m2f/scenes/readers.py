@@ -11,16 +11,17 @@
   pixels are fed to the model as 0 and labelled 255 (ignore) in the output, never a class.
 """
 import os
-from typing import Optional, Tuple
+from typing import Optional
 
 import cv2
 import numpy as np
 
 from ..data.image import UnreadableImageError, read_image
+from ..data.visualize import preview_shape
 from .bands import BandSelection, default_band_selection
 
 __all__ = ["ArrayScene", "PLAIN_IMAGE_SUFFIXES", "RasterScene", "Scene", "UnreadableSceneError",
-           "open_scene", "preview_shape"]
+           "is_plain_image", "open_scene"]
 
 # Inputs decoded whole with data.image.read_image; every other suffix goes through GDAL.
 PLAIN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -29,12 +30,6 @@ _GEO_EXTRA_HINT = "install the geo extra: pip install -e '.[geo]' (rasterio)"
 
 class UnreadableSceneError(ValueError):
     """A scene that cannot be opened or read; the message names the file."""
-
-
-def preview_shape(height: int, width: int, max_size: int) -> Tuple[int, int]:
-    """(h, w) of a copy whose longer side is at most ``max_size`` (never enlarged)."""
-    scale = min(1.0, max_size / max(height, width))
-    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 class Scene:
