@@ -7,7 +7,8 @@ probabilities) and ``labels`` [B, H, W] (int64 argmax), whole-image inference at
 
 * ``--format torch_export``: an ``ExportedProgram`` saved with ``torch.export.save``; deformable
   attention stays the registered custom op, so it loads and runs where ``import dinov3_m2f``
-  works (``dinov3_m2f.deploy.export.load_program``). It runs on the device it was exported on.
+  works (``dinov3_m2f.deploy.export.load_program_runner``, which checks the input size first).
+  It runs on the device it was exported on.
 * ``--format onnx``: opset >= 17; deformable attention is lowered to standard ONNX operators
   (``GridSample``), so it runs on onnxruntime without torch, detectron2 or our extension
   (``tools/infer_onnx.py``).
@@ -50,7 +51,7 @@ from dinov3_m2f.deploy.export import (
     example_image,
     export_onnx,
     export_program,
-    load_program,
+    load_program_runner,
     save_program,
 )
 from dinov3_m2f.deploy.metadata import INPUT_DTYPES, make_metadata
@@ -128,7 +129,7 @@ def exported_probs(path: str, fmt: str) -> Probabilities:
 
         segmenter = OnnxSemSegmenter(path, num_threads=torch.get_num_threads())
         return lambda images: segmenter.run(images.cpu().numpy())
-    program = load_program(path)[0].module()
+    program = load_program_runner(path)
     return lambda images: program(images)[0].detach().cpu().numpy()
 
 

@@ -112,11 +112,10 @@ class SemSegExportModule(nn.Module):
         div = self.size_divisibility
         x = F.pad(x, (0, -width % div, 0, -height % div))  # [B, 3, H', W']
         outputs = self.sem_seg_head(self.backbone(x))
-        probs = semantic_probs(
-            outputs["pred_logits"], outputs["pred_masks"], output_size=tuple(x.shape[-2:])
-        )  # [B, C, H', W']
-        # Cropped by index, not by a slice: a slice is a view whose contiguity depends on whether
-        # W == W', and torch.export would fix that answer for every later input size.
-        probs = probs.index_select(2, torch.arange(height, device=probs.device))
-        probs = probs.index_select(3, torch.arange(width, device=probs.device))  # [B, C, H, W]
+        # The mask logits are resized to the padded size (as in the Detectron2 model) and cropped
+        # to H x W before the sigmoid, which writes the cropped copy anyway: no extra full-size
+        # copy of the probabilities.
+        mask_logits = F.interpolate(outputs["pred_masks"].float(), size=tuple(x.shape[-2:]),
+                                    mode="bilinear", align_corners=False)  # [B, Q, H', W']
+        probs = semantic_probs(outputs["pred_logits"], mask_logits[:, :, :height, :width])  # [B, C, H, W]
         return probs, probs.argmax(dim=1)

@@ -34,6 +34,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optio
 import torch
 from torch import Tensor, nn
 
+from ..listing import MAX_LISTED
 from ..modeling.dinov3.vit import DinoVisionTransformer
 from .files import safe_torch_load
 from .dinov3_hf import (
@@ -240,6 +241,15 @@ def _hf_directory(path: str) -> Tuple[List[_TensorFile], Optional[Tuple[str, Dic
     weight_map = _read_json(index_path).get("weight_map")
     if not isinstance(weight_map, Mapping) or not weight_map:
         raise ValueError(f"{index_path!r} has no 'weight_map'")
+    # Checked by name (a shard may be a symbolic link, as in the Hugging Face cache): a plain file
+    # name of the folder, no absolute path, no "..", no sub-folder.
+    folder = os.path.normpath(path)
+    outside = sorted(str(shard) for shard in set(weight_map.values())
+                     if not isinstance(shard, str) or os.path.isabs(shard)
+                     or os.path.dirname(os.path.normpath(os.path.join(folder, shard))) != folder)
+    if outside:
+        raise ValueError(f"{index_path!r} names shards outside the model folder {path!r}: {outside[:MAX_LISTED]}; "
+                         "shards must be files of that folder")
     shards = {shard: _SafetensorsFile(os.path.join(path, shard)) for shard in sorted(set(weight_map.values()))}
     missing = sorted(key for key, shard in weight_map.items() if key not in shards[shard].shapes)
     if missing:
