@@ -42,7 +42,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from dinov3_m2f.benchmarking import describe_machine, markdown_table, median_ms
+from dinov3_m2f.benchmarking import describe_machine, interleaved_median_ms, load_average, markdown_table
 from dinov3_m2f.d2 import DINOv3Mask2Former
 from dinov3_m2f.d2.predictor import SemSegPredictor
 from dinov3_m2f.deploy.export import (
@@ -137,18 +137,22 @@ def benchmark_row(
     module: SemSegExportModule, path: str, *, args: argparse.Namespace, image: torch.Tensor
 ) -> str:
     """Time ``args.benchmark`` single images through PyTorch (CPU) and the exported model ``path``
-    (median per image), as a docs/benchmarks.md row.
+    (median per image), as a docs/benchmarks.md row with the load average before and after.
 
-    PyTorch runs first, while no onnxruntime session exists (its idle worker threads would
-    compete with PyTorch's).
+    The two are timed call by call in turn (``interleaved_median_ms``), so that other jobs on
+    the machine slow both alike. Run with ``OMP_WAIT_POLICY=PASSIVE`` on a shared machine: else
+    PyTorch's OpenMP threads spin while waiting for busy cores (the row records the policy).
     """
     image = image[:1]
-    cpu = torch.device("cpu")
-    timing = dict(device=cpu, warmup=BENCHMARK_WARMUP, iters=args.benchmark)
-    with torch.inference_mode():
-        torch_ms = median_ms(lambda: module(image), **timing)
     exported = exported_probs(path, args.format)
-    exported_ms = median_ms(lambda: exported(image), **timing)
+    load_before = load_average()
+
+    def torch_call() -> None:
+        with torch.inference_mode():
+            module(image)
+
+    medians = interleaved_median_ms({"torch": torch_call, "exported": lambda: exported(image)},
+                                    warmup=BENCHMARK_WARMUP, iters=args.benchmark)
     runtime = "torch.export"
     if args.format == "onnx":
         import onnxruntime
@@ -156,10 +160,13 @@ def benchmark_row(
         runtime = f"onnxruntime {onnxruntime.__version__} CPU"
     height, width = args.input_size
     header = ["date", "machine", "torch", "exported runtime", "config", "input", "threads",
-              "PyTorch img/s", "exported img/s"]
-    row = [datetime.date.today().isoformat(), describe_machine(cpu), torch.__version__, runtime,
-           os.path.basename(args.config_file), f"{height}x{width} {args.input_dtype}",
-           torch.get_num_threads(), f"{MS_PER_S / torch_ms:.2f}", f"{MS_PER_S / exported_ms:.2f}"]
+              "OMP_WAIT_POLICY", "load avg before / after", "PyTorch img/s", "exported img/s",
+              "PyTorch / exported time"]
+    row = [datetime.date.today().isoformat(), describe_machine(torch.device("cpu")), torch.__version__,
+           runtime, os.path.basename(args.config_file), f"{height}x{width} {args.input_dtype}",
+           torch.get_num_threads(), os.environ.get("OMP_WAIT_POLICY", "unset"),
+           f"{load_before} / {load_average()}", f"{MS_PER_S / medians['torch']:.2f}",
+           f"{MS_PER_S / medians['exported']:.2f}", f"{medians['torch'] / medians['exported']:.2f}x"]
     return markdown_table(header, [row])
 
 

@@ -24,6 +24,8 @@ __all__ = [
     "MemoryPeak",
     "autocast",
     "describe_machine",
+    "interleaved_median_ms",
+    "load_average",
     "markdown_table",
     "median_ms",
     "parse_device",
@@ -131,6 +133,42 @@ def time_ms(fn: Callable[[], Any], *, device: torch.device, warmup: int, iters: 
 def median_ms(fn: Callable[[], Any], *, device: torch.device, warmup: int, iters: int) -> float:
     """Median of :func:`time_ms`."""
     return statistics.median(time_ms(fn, device=device, warmup=warmup, iters=iters))
+
+
+def interleaved_median_ms(
+    contenders: Mapping[str, Callable[[], Any]], *, warmup: int, iters: int
+) -> Dict[str, float]:
+    """Median host-clock ms per call of each contender, timed call by call in turn (CPU).
+
+    Each of ``iters`` rounds calls every contender once, the order rotating from round to round,
+    so that a change of machine load (other jobs, a throttled core) falls on all contenders
+    alike instead of on whichever happened to run then. ``warmup`` untimed rounds come first.
+
+    Args:
+        contenders: name -> the work to time.
+        warmup: untimed rounds.
+        iters: timed rounds.
+
+    Returns:
+        name -> median ms.
+    """
+    if iters < 1 or warmup < 0:
+        raise ValueError(f"iters must be >= 1 and warmup >= 0, got {iters} and {warmup}")
+    names = list(contenders)
+    times: Dict[str, List[float]] = {name: [] for name in names}
+    for round_index in range(warmup + iters):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            contenders[name]()
+            if round_index >= warmup:
+                times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, e.g. ``"0.52 0.61 0.70"`` (what else ran)."""
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 def _proc_status_kib(field: str) -> int:

@@ -7,6 +7,7 @@ Acceptance (dinov3_m2f.deploy.parity): probabilities max-abs <= 1e-4, labels >= 
 """
 import glob
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -271,6 +272,8 @@ def test_export_benchmark_prints_a_row_for_the_benchmarks_page(tiny_synthetic_ch
     assert separator.startswith("|---|") and cells["threads"] == "1" and cells["input"] == "64x64 uint8"
     assert cells["exported runtime"].startswith("onnxruntime") and cells["config"] == os.path.basename(CONFIG)
     assert float(cells["PyTorch img/s"]) > 0 and float(cells["exported img/s"]) > 0
+    assert re.fullmatch(r"[\d.]+ [\d.]+ [\d.]+ / [\d.]+ [\d.]+ [\d.]+", cells["load avg before / after"])
+    assert cells["PyTorch / exported time"].endswith("x") and cells["OMP_WAIT_POLICY"]
 
 
 # ---------------------------------------------------------------- the runner and infer_onnx
