@@ -112,10 +112,11 @@ class SemSegExportModule(nn.Module):
         div = self.size_divisibility
         x = F.pad(x, (0, -width % div, 0, -height % div))  # [B, 3, H', W']
         outputs = self.sem_seg_head(self.backbone(x))
-        # The mask logits are resized to the padded size (as in the Detectron2 model) and cropped
-        # to H x W before the sigmoid, which writes the cropped copy anyway: no extra full-size
-        # copy of the probabilities.
-        mask_logits = F.interpolate(outputs["pred_masks"].float(), size=tuple(x.shape[-2:]),
-                                    mode="bilinear", align_corners=False)  # [B, Q, H', W']
-        probs = semantic_probs(outputs["pred_logits"], mask_logits[:, :, :height, :width])  # [B, C, H, W]
+        probs = semantic_probs(
+            outputs["pred_logits"], outputs["pred_masks"], output_size=tuple(x.shape[-2:])
+        )  # [B, C, H', W']
+        # Cropped to H x W by a negative padding: one plain copy. A slice or narrow would make
+        # torch.export specialise on whether H == H' (the example's answer would hold for every
+        # later size), and index_select gathers element by element (slow at full size).
+        probs = F.pad(probs, (0, width - probs.shape[-1], 0, height - probs.shape[-2]))  # [B, C, H, W]
         return probs, probs.argmax(dim=1)

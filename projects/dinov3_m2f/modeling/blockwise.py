@@ -107,9 +107,10 @@ class _OpenBlocks:
         """Yield (and forget) the blocks that end at or before column ``next_left``, in order."""
         while self.next_column in self.sums and (self.next_column + 1) * self.block_w <= next_left:
             column = self.next_column
-            sums, counts = self.sums.pop(column), self.counts.pop(column)
+            scores = self.sums.pop(column).div_(self.counts.pop(column))  # mean, in place
             self.next_column += 1
-            yield self.top, column * self.block_w, sums / counts
+            yield self.top, column * self.block_w, scores
+            del scores  # the caller holds the block now
 
 
 def blockwise_slide_inference(

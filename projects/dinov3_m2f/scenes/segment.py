@@ -143,6 +143,7 @@ def segment_scene(
                 if valid is not None:
                     conf[~valid] = 0
                 confidence_writer.write(top, left, conf)
+            del scores, top_scores  # freed before the next block is computed, not after
         if preview is not None:
             write_overlay(scene.preview(overlay_max_size), preview.labels, outputs.overlay,
                           class_names=class_names, colors=colors, num_classes=num_classes)
