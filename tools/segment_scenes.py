@@ -40,6 +40,9 @@ logger = logging.getLogger("segment_scenes")
 SCENE_SUFFIXES = (*INPUT_IMAGE_SUFFIXES, ".vrt", ".jp2", ".img")
 # Overlay side used by --overlay.
 DEFAULT_OVERLAY_MAX_SIZE = 2048
+# GDAL's tile cache in MiB, unless GDAL_CACHEMAX is set: its default (5 % of the RAM) would keep
+# read and written tiles far beyond what block-wise inference needs.
+DEFAULT_GDAL_CACHE_MIB = "256"
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -127,6 +130,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the tool; returns the exit code: 1 when a scene has no labels at the end."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    os.environ.setdefault("GDAL_CACHEMAX", DEFAULT_GDAL_CACHE_MIB)  # read by GDAL at its first use
     if args.num_gpus > 1:
         launch(worker, args.num_gpus, dist_url=args.dist_url, args=(args,))
     else:
