@@ -24,10 +24,12 @@ CROP, STRIDE, BLOCK = ("64", "96"), ("48", "64"), ("80", "112")
 _TOOL_TIMEOUT_S = 600
 
 
-def _tool(args, env):
-    command = [sys.executable, str(TOOLS / "segment_scenes.py"), *args, "--config-file", CONFIG,
+def _tool(args, env, *, launcher=()):
+    command = [*launcher, str(TOOLS / "segment_scenes.py"), *args, "--config-file", CONFIG,
                "--device", "cpu", "--crop-size", *CROP, "--stride", *STRIDE, "--block-size", *BLOCK,
                "--slide-batch", "2"]
+    if not launcher:
+        command.insert(0, sys.executable)
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=_TOOL_TIMEOUT_S)
 
 
@@ -91,7 +93,13 @@ def test_segment_scenes_tool(scenes, tiny_synthetic_checkpoint, synthetic_env, t
                   "--num-gpus", "2"], synthetic_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "process 0/2" in proc.stderr and "process 1/2" in proc.stderr
+    torchrun = tmp_path / "torchrun"
+    proc = _tool([*inputs, "--output", str(torchrun), "--checkpoint", tiny_synthetic_checkpoint], synthetic_env,
+                 launcher=(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
     for i in range(3):
-        np.testing.assert_array_equal(np.asarray(Image.open(two / f"plain{i}_labels.png")),
-                                      np.asarray(Image.open(out / f"plain{i}_labels.png")))
+        for folder in (two, torchrun):
+            np.testing.assert_array_equal(np.asarray(Image.open(folder / f"plain{i}_labels.png")),
+                                          np.asarray(Image.open(out / f"plain{i}_labels.png")))
     shutil.rmtree(two)
+    shutil.rmtree(torchrun)
