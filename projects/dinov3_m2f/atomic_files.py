@@ -45,28 +45,11 @@ def _no_space_error(path: str, error: OSError) -> OSError:
 
 
 @contextlib.contextmanager
-def atomic_output_path(path: str, *, suffix: str = "") -> Iterator[str]:
-    """A temporary file name next to ``path``, renamed over ``path`` on success.
-
-    For writers that take a file name rather than an open file (rasterio/GDAL). The temporary
-    file (in the same folder, so the rename is atomic) replaces ``path`` only after the ``with``
-    block finishes without an exception, and is removed otherwise. The folder must exist. A write
-    that fails for lack of space (ENOSPC, or EDQUOT for an exhausted quota) raises an ``OSError``
-    with that errno whose message names ``path`` and says there is no space left; the previous
-    ``path`` stays as it was.
-
-    Args:
-        path: final file.
-        suffix: suffix of the temporary file name (some writers choose the format by it).
-
-    Yields:
-        The temporary file's path (an empty file exists there).
-    """
-    fd, tmp_path = _make_temp_file(os.path.dirname(os.path.abspath(path)), suffix)
-    os.close(fd)
+def _replace_on_success(path: str, tmp_path: str) -> Iterator[None]:
+    """Rename ``tmp_path`` over ``path`` if the block succeeds; remove it in any case."""
     try:
         try:
-            yield tmp_path
+            yield
         except OSError as e:
             if e.errno in _NO_SPACE_ERRNOS:
                 raise _no_space_error(path, e) from e
@@ -81,8 +64,11 @@ def atomic_output_path(path: str, *, suffix: str = "") -> Iterator[str]:
 def atomic_open(path: str, mode: str = "wb", *, suffix: str = "") -> Iterator[IO]:
     """Open a temporary file next to ``path``; on success rename it over ``path``.
 
-    Readers never see a half-written ``path``: see :func:`atomic_output_path`, which this is
-    with the temporary file opened in ``mode``.
+    Readers never see a half-written ``path``: the temporary file (in the same folder, so the
+    rename is atomic) replaces it only after the ``with`` block finishes without an exception, and
+    is removed otherwise. The folder must exist. A write that fails for lack of space (ENOSPC, or
+    EDQUOT for an exhausted quota) raises an ``OSError`` with that errno whose message names
+    ``path`` and says there is no space left; the previous ``path`` stays as it was.
 
     Args:
         path: final file.
@@ -94,9 +80,29 @@ def atomic_open(path: str, mode: str = "wb", *, suffix: str = "") -> Iterator[IO
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
-    with atomic_output_path(path, suffix=suffix) as tmp_path:
-        with open(tmp_path, mode) as f:
-            yield f
+    fd, tmp_path = _make_temp_file(os.path.dirname(os.path.abspath(path)), suffix)
+    with _replace_on_success(path, tmp_path), os.fdopen(fd, mode) as f:
+        yield f
+
+
+@contextlib.contextmanager
+def atomic_output_path(path: str, *, suffix: str = "") -> Iterator[str]:
+    """A temporary file name next to ``path``, renamed over ``path`` on success.
+
+    For writers that take a file name rather than an open file (rasterio/GDAL); otherwise as
+    :func:`atomic_open` (same folder, removed on failure, a full disk named).
+
+    Args:
+        path: final file.
+        suffix: suffix of the temporary file name (some writers choose the format by it).
+
+    Yields:
+        The temporary file's path (an empty file exists there).
+    """
+    fd, tmp_path = _make_temp_file(os.path.dirname(os.path.abspath(path)), suffix)
+    os.close(fd)
+    with _replace_on_success(path, tmp_path):
+        yield tmp_path
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:

@@ -169,3 +169,20 @@ def test_jobs_skip_done_scenes_and_report_a_bad_one(geotiff, rgb, tmp_path):
     assert sorted(shares[0].segmented + shares[1].segmented) == files
     with pytest.raises(UnreadableSceneError, match="broken.tif"):
         open_scene(files[2])
+
+
+def test_a_scene_failing_midway_leaves_no_file(geotiff, tmp_path):
+    calls = []
+
+    def failing_predict(crops):
+        calls.append(1)
+        if len(calls) > 3:
+            raise RuntimeError("out of memory")
+        return _predict(crops)
+
+    scene = open_scene(geotiff, selection=SELECTION)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        segment_scene(failing_predict, scene, output_dir=str(tmp_path), num_classes=NUM_CLASSES,
+                      settings=SETTINGS, confidence=True, progress=False)
+    scene.close()
+    assert len(calls) == 4 and os.listdir(tmp_path) == []  # no labels, no confidence, no temporary file
