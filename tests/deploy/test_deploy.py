@@ -179,8 +179,9 @@ def test_dynamic_exports_take_any_batch_and_size(exports, predictor, fmt):
         images = example_image(height=height, width=width, batch=batch, seed=batch).numpy()
         reference = _d2_probs(predictor, [np.ascontiguousarray(i.transpose(1, 2, 0)) for i in images])
         _assert_parity(reference, run(images))
+    suffix = "onnx" if fmt == "onnx" else "pt2"
     for height, width in ((32, 40), (40, 20)):
-        with pytest.raises(ValueError, match=f"dynamic.{'onnx' if fmt == 'onnx' else 'pt2'}: H and W must be at least 33"):
+        with pytest.raises(ValueError, match=f"dynamic.{suffix}: H and W must be at least 33"):
             run(example_image(height=height, width=width).numpy())
 
 

@@ -85,7 +85,8 @@ def test_demo_refuses_a_too_large_image_before_decoding_it(demo, tiny_synthetic_
     (image_folder / "corrupt.png").unlink()
     decoded = []
     real_read_image = demo_outputs.read_image
-    monkeypatch.setattr(demo_outputs, "read_image", lambda path, **kw: decoded.append(path) or real_read_image(path, **kw))
+    monkeypatch.setattr(demo_outputs, "read_image",
+                        lambda path, **kw: decoded.append(path) or real_read_image(path, **kw))
     with caplog.at_level(logging.WARNING):
         code = demo.main(_demo_args(tiny_synthetic_checkpoint, tmp_path / "out", str(image_folder)))
     assert code == 0
