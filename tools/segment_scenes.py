@@ -23,6 +23,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
+import torch
 from detectron2.engine import launch
 from detectron2.utils import comm
 
@@ -101,8 +102,8 @@ def worker(args: argparse.Namespace) -> None:
     files = collect_image_files(args.inputs, suffixes=SCENE_SUFFIXES)
     rank, world_size = _rank_and_world()
     device = args.device
-    if device == "cuda" and world_size > 1:
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', comm.get_local_rank()))}"
+    if world_size > 1 and (device == "cuda" or (device == "auto" and torch.cuda.is_available())):
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', comm.get_local_rank()))}"  # one GPU each
     predictor = SemSegPredictor.from_config(args.config_file, checkpoint=args.checkpoint,
                                             overrides=args.opts, device=device, autocast=args.autocast)
     if len(predictor.augmentations.augs):
