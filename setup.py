@@ -74,6 +74,8 @@ setup(
         "test": ["pytest", "transformers"],
         # tools/export_model.py (onnx, onnxscript) and the ONNX runner (onnxruntime)
         "deploy": ["onnx", "onnxruntime", "onnxscript"],
+        # GeoTIFF and other GDAL rasters in and out, window by window (tools/segment_scenes.py)
+        "geo": ["rasterio"],
     },
     ext_modules=_extensions(),
     cmdclass={"build_ext": BuildExtension},

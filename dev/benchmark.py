@@ -11,6 +11,7 @@ Modes (one module each in dev/benchmarks/; ``python dev/benchmark.py MODE --help
   compile   eager vs torch.compile of the core model
   official  inference of ours vs the official DINOv3 segmentor on the same weights
   memory    CPU peak memory of loading a ViT checkpoint, sliding-window inference, a training step
+  scene     peak memory of block-wise GeoTIFF segmentation as the scene grows
 
 Contenders (implementations, eager and compiled, ours and theirs) take turns call by call in one
 process; every row names the date, the machine with its load average, and the torch version.
@@ -24,7 +25,7 @@ from typing import Optional, Sequence
 # The modes are the package dev/benchmarks/, beside this file.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-MODES = ("config", "head", "backbone", "ops", "compile", "official", "memory")
+MODES = ("config", "head", "backbone", "ops", "compile", "official", "memory", "scene")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -11,8 +11,9 @@
 #   build tools  setuptools and ninja, for the two source builds below.
 #   detectron2   Only when `import detectron2` fails: from DETECTRON2_SOURCE, built with
 #                --no-build-isolation against the installed torch.
-#   dinov3_m2f   Editable install with its dependencies and the test and deploy extras (deploy:
-#                onnx, onnxruntime, onnxscript for tools/export_model.py and tools/infer_onnx.py);
+#   dinov3_m2f   Editable install with its dependencies and the test, deploy and geo extras (deploy:
+#                onnx, onnxruntime, onnxscript for tools/export_model.py and tools/infer_onnx.py;
+#                geo: rasterio for GeoTIFF scenes in tools/segment_scenes.py);
 #                compiles the op (with CUDA kernels when torch is a CUDA build and nvcc matches it).
 #                Skipped ("op up to date, kept") when the op's sources and build files, torch, the
 #                interpreter and the CUDA build settings are those of the last install here
@@ -139,8 +140,8 @@ read -r op_action op_message <<<"$op_decision"
 if [ "$op_action" = keep ]; then
   echo "dinov3_m2f: $op_message"
 else
-  step "dinov3_m2f: editable install with dependencies, test and deploy (onnx, onnxruntime, onnxscript) extras, op with $kernels; $op_message (pip)" \
-    pip_install --no-build-isolation -e ".[test,deploy]"
+  step "dinov3_m2f: editable install with dependencies, test, deploy (onnx, onnxruntime, onnxscript) and geo (rasterio) extras, op with $kernels; $op_message (pip)" \
+    pip_install --no-build-isolation -e ".[test,deploy,geo]"
   "$PYTHON" dev/op_build.py record
 fi
 

@@ -43,7 +43,6 @@ Examples:
 import argparse
 import logging
 import os
-import re
 import sys
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -59,6 +58,7 @@ from dinov3_m2f.weights.official_head import (
     convert_official_segmentor_state_dict,
 )
 from dinov3_m2f.weights.files import PICKLE_EXTENSIONS, safe_numpy_pickle_load, safe_torch_load
+from dinov3_m2f.weights.head_check import check_official_head
 from dinov3_m2f.atomic_files import atomic_torch_save
 
 logger = logging.getLogger("convert_weights")
@@ -159,18 +159,6 @@ def to_d2_state_dict(sections: Mapping[str, StateDict], *, include_backbone: boo
     return {prefix + key: value for name, prefix in prefixes.items() for key, value in sections[name].items()}
 
 
-def head_summary(head: StateDict) -> Dict[str, int]:
-    """Head sizes read from converted head keys (predictor.*), for the config."""
-    num_layers = {int(m.group(1)) for k in head if (m := re.match(r"predictor\.transformer_ffn_layers\.(\d+)\.", k))}
-    query_feat = head["predictor.query_feat.weight"]  # [Q, hidden]
-    return {
-        "num_classes": head["predictor.class_embed.weight"].shape[0] - 1,
-        "hidden_dim": query_feat.shape[1],
-        "num_queries": query_feat.shape[0],
-        "dec_layers": len(num_layers),
-    }
-
-
 def convert(
     input_path: str, *, include_backbone: bool = False, class_merge_path: Optional[str] = None
 ) -> Tuple[StateDict, List[str]]:
@@ -186,10 +174,11 @@ def convert(
     """
     official = load_official_state_dict(input_path)
     is_full = any(k.startswith(BACKBONE_PREFIX) for k in official)
-    if is_full:
-        sections = convert_official_segmentor_state_dict(official)
-    else:
-        sections = convert_official_head_state_dict(official)
+    try:
+        sections = (convert_official_segmentor_state_dict if is_full else convert_official_head_state_dict)(official)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{input_path}: {e}") from e
+    if not is_full:
         if include_backbone:
             raise ValueError(
                 f"--include-backbone: {input_path} is a head-only checkpoint without "
@@ -203,9 +192,14 @@ def convert(
         len(sections["head"]),
         f", {len(sections['backbone'])} backbone" if is_full else "",
     )
+    level_embed = sections["adapter"].get("level_embed")  # [levels, D]
+    if level_embed is None or level_embed.dim() != 2:
+        raise ValueError(f"{input_path}: the adapter has no [levels, D] 'level_embed' (got "
+                         f"{None if level_embed is None else tuple(level_embed.shape)})")
+    embed_dim = level_embed.shape[1]
+    # The whole head is checked before any size is given as config advice.
+    sizes = check_official_head(sections["head"], embed_dim=embed_dim, path=input_path)
     state_dict = to_d2_state_dict(sections, include_backbone=include_backbone)
-    sizes = head_summary(sections["head"])
-    embed_dim = sections["adapter"]["level_embed"].shape[1]  # [levels, D]
     config = [
         f"model.sem_seg_head.input_shape.channels = {embed_dim}",
         f"model.sem_seg_head.hidden_dim = {sizes['hidden_dim']}",

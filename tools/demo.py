@@ -9,8 +9,12 @@ tools/infer_onnx.py too):
                          metadata; drawn by dinov3_m2f.data.visualize.draw_overlay)
     <stem>_labels.png    uint8 class ids, one channel, same size as the image
 
-An image that cannot be read is skipped with a warning naming it; the exit code is 0 when at least
-one image was segmented (the skipped files are listed at the end), 1 when none was.
+An image that cannot be read or segmented is skipped with a message naming it (the others go on);
+the exit code is 0 when at least one image was segmented (the skipped files are listed at the end),
+1 when none was. Overlays of images over 2048 pixels a side are drawn on a downsampled copy (the
+label PNG keeps the full size). In whole-image mode, an image over 2048 x 2048 pixels is refused
+before it is decoded, with a message pointing to sliding windows (--test-mode slide) and to
+tools/segment_scenes.py, which segments scenes of any size in memory bounded by the window.
 
 Examples:
     python tools/demo.py --config-file configs/synthetic/m2f_tiny_synthetic.py \
@@ -25,7 +29,7 @@ import logging
 import sys
 from typing import List, Optional, Sequence
 
-from dinov3_m2f.d2.predictor import SemSegPredictor
+from dinov3_m2f.d2.predictor import TOO_LARGE_HINT, SemSegPredictor
 from dinov3_m2f.data.files import collect_image_files
 from dinov3_m2f.data.outputs import segment_image_files
 
@@ -83,7 +87,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     skipped = segment_image_files(files, predictor, output_dir=args.output,
                                   class_names=predictor.class_names,
                                   colors=predictor.metadata.get("stuff_colors"), alpha=args.alpha,
-                                  desc="demo")
+                                  desc="demo", max_pixels=predictor.max_image_pixels,
+                                  too_large_hint=TOO_LARGE_HINT)
     return 1 if len(skipped) == len(files) else 0  # 1: no image could be read
 
 

@@ -7,7 +7,8 @@ probabilities) and ``labels`` [B, H, W] (int64 argmax), whole-image inference at
 
 * ``--format torch_export``: an ``ExportedProgram`` saved with ``torch.export.save``; deformable
   attention stays the registered custom op, so it loads and runs where ``import dinov3_m2f``
-  works (``dinov3_m2f.deploy.export.load_program``). It runs on the device it was exported on.
+  works (``dinov3_m2f.deploy.export.load_program_runner``, which checks the input size first).
+  It runs on the device it was exported on.
 * ``--format onnx``: opset >= 17; deformable attention is lowered to standard ONNX operators
   (``GridSample``), so it runs on onnxruntime without torch, detectron2 or our extension
   (``tools/infer_onnx.py``).
@@ -41,7 +42,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from dinov3_m2f.benchmarking import describe_machine, markdown_table, median_ms
+from dinov3_m2f.benchmarking import describe_machine, load_average, markdown_table, time_alternating
 from dinov3_m2f.d2 import DINOv3Mask2Former
 from dinov3_m2f.d2.predictor import SemSegPredictor
 from dinov3_m2f.deploy.export import (
@@ -50,7 +51,7 @@ from dinov3_m2f.deploy.export import (
     example_image,
     export_onnx,
     export_program,
-    load_program,
+    load_program_runner,
     save_program,
 )
 from dinov3_m2f.deploy.metadata import INPUT_DTYPES, make_metadata
@@ -128,7 +129,7 @@ def exported_probs(path: str, fmt: str) -> Probabilities:
 
         segmenter = OnnxSemSegmenter(path, num_threads=torch.get_num_threads())
         return lambda images: segmenter.run(images.cpu().numpy())
-    program = load_program(path)[0].module()
+    program = load_program_runner(path)
     return lambda images: program(images)[0].detach().cpu().numpy()
 
 
@@ -136,18 +137,24 @@ def benchmark_row(
     module: SemSegExportModule, path: str, *, args: argparse.Namespace, image: torch.Tensor
 ) -> str:
     """Time ``args.benchmark`` single images through PyTorch (CPU) and the exported model ``path``
-    (median per image), as a docs/benchmarks.md row.
+    (median per image), as a docs/benchmarks.md row with the load average before and after.
 
-    PyTorch runs first, while no onnxruntime session exists (its idle worker threads would
-    compete with PyTorch's).
+    The two are timed call by call in turn (``time_alternating``), so that other jobs on
+    the machine slow both alike. Run with ``OMP_WAIT_POLICY=PASSIVE`` on a shared machine: else
+    PyTorch's OpenMP threads spin while waiting for busy cores (the row records the policy).
     """
     image = image[:1]
-    cpu = torch.device("cpu")
-    timing = dict(device=cpu, warmup=BENCHMARK_WARMUP, iters=args.benchmark)
-    with torch.inference_mode():
-        torch_ms = median_ms(lambda: module(image), **timing)
     exported = exported_probs(path, args.format)
-    exported_ms = median_ms(lambda: exported(image), **timing)
+    load_before = load_average()
+
+    def torch_call() -> None:
+        with torch.inference_mode():
+            module(image)
+
+    timings = time_alternating({"torch": torch_call, "exported": lambda: exported(image)},
+                               device=torch.device("cpu"), warmup=BENCHMARK_WARMUP,
+                               iters=args.benchmark)
+    medians = {name: timing.median_ms for name, timing in timings.items()}
     runtime = "torch.export"
     if args.format == "onnx":
         import onnxruntime
@@ -155,10 +162,13 @@ def benchmark_row(
         runtime = f"onnxruntime {onnxruntime.__version__} CPU"
     height, width = args.input_size
     header = ["date", "machine", "torch", "exported runtime", "config", "input", "threads",
-              "PyTorch img/s", "exported img/s"]
-    row = [datetime.date.today().isoformat(), describe_machine(cpu), torch.__version__, runtime,
-           os.path.basename(args.config_file), f"{height}x{width} {args.input_dtype}",
-           torch.get_num_threads(), f"{MS_PER_S / torch_ms:.2f}", f"{MS_PER_S / exported_ms:.2f}"]
+              "OMP_WAIT_POLICY", "load avg before / after", "PyTorch img/s", "exported img/s",
+              "PyTorch / exported time"]
+    row = [datetime.date.today().isoformat(), describe_machine(torch.device("cpu")), torch.__version__,
+           runtime, os.path.basename(args.config_file), f"{height}x{width} {args.input_dtype}",
+           torch.get_num_threads(), os.environ.get("OMP_WAIT_POLICY", "unset"),
+           f"{load_before} / {load_average()}", f"{MS_PER_S / medians['torch']:.2f}",
+           f"{MS_PER_S / medians['exported']:.2f}", f"{medians['torch'] / medians['exported']:.2f}x"]
     return markdown_table(header, [row])
 
 

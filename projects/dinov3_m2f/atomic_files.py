@@ -11,7 +11,7 @@ import os
 import tempfile
 from typing import IO, Any, Iterator, Tuple
 
-__all__ = ["atomic_open", "atomic_torch_save"]
+__all__ = ["atomic_open", "atomic_output_path", "atomic_torch_save"]
 
 
 def _read_umask() -> int:
@@ -45,6 +45,22 @@ def _no_space_error(path: str, error: OSError) -> OSError:
 
 
 @contextlib.contextmanager
+def _replace_on_success(path: str, tmp_path: str) -> Iterator[None]:
+    """Rename ``tmp_path`` over ``path`` if the block succeeds; remove it in any case."""
+    try:
+        try:
+            yield
+        except OSError as e:
+            if e.errno in _NO_SPACE_ERRNOS:
+                raise _no_space_error(path, e) from e
+            raise
+        os.replace(tmp_path, path)
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+
+
+@contextlib.contextmanager
 def atomic_open(path: str, mode: str = "wb", *, suffix: str = "") -> Iterator[IO]:
     """Open a temporary file next to ``path``; on success rename it over ``path``.
 
@@ -65,18 +81,28 @@ def atomic_open(path: str, mode: str = "wb", *, suffix: str = "") -> Iterator[IO
     if mode not in ("wb", "w"):
         raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
     fd, tmp_path = _make_temp_file(os.path.dirname(os.path.abspath(path)), suffix)
-    try:
-        try:
-            with os.fdopen(fd, mode) as f:
-                yield f
-        except OSError as e:
-            if e.errno in _NO_SPACE_ERRNOS:
-                raise _no_space_error(path, e) from e
-            raise
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
+    with _replace_on_success(path, tmp_path), os.fdopen(fd, mode) as f:
+        yield f
+
+
+@contextlib.contextmanager
+def atomic_output_path(path: str, *, suffix: str = "") -> Iterator[str]:
+    """A temporary file name next to ``path``, renamed over ``path`` on success.
+
+    For writers that take a file name rather than an open file (rasterio/GDAL); otherwise as
+    :func:`atomic_open` (same folder, removed on failure, a full disk named).
+
+    Args:
+        path: final file.
+        suffix: suffix of the temporary file name (some writers choose the format by it).
+
+    Yields:
+        The temporary file's path (an empty file exists there).
+    """
+    fd, tmp_path = _make_temp_file(os.path.dirname(os.path.abspath(path)), suffix)
+    os.close(fd)
+    with _replace_on_success(path, tmp_path):
+        yield tmp_path
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:

@@ -150,6 +150,7 @@ def collect_env() -> List[Tuple[str, str]]:
     rows.append(("detectron2", _installed("detectron2") + where))
     rows.append(("fvcore", _installed("fvcore")))
     rows.append(("OpenCV", _opencv_version()))
+    rows.append(("rasterio", _installed("rasterio")))  # the geo extra: GeoTIFF scenes
     return rows
 
 

@@ -57,6 +57,13 @@ def source():
     return _trainable_state(_model(seed=1))
 
 
+def test_a_corrupt_safetensors_init_checkpoint_names_the_file(tmp_path):
+    corrupt = tmp_path / "broken.safetensors"
+    corrupt.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
+    with pytest.raises(ValueError, match="Could not read safetensors checkpoint .*broken.safetensors"):
+        load_init_checkpoint(_model(seed=0), str(corrupt), partial=False)
+
+
 def test_a_complete_checkpoint_loads_strictly(tmp_path, source):
     model = _model(seed=2)
     assert load_init_checkpoint(model, _write(tmp_path / "init.pth", source), partial=False) == 0

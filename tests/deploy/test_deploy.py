@@ -7,6 +7,7 @@ Acceptance (dinov3_m2f.deploy.parity): probabilities max-abs <= 1e-4, labels >= 
 """
 import glob
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,7 +27,8 @@ from dinov3_m2f.d2.config import load_config  # noqa: E402
 from dinov3_m2f.d2.predictor import SemSegPredictor  # noqa: E402
 from dinov3_m2f.data.outputs import LABELS_SUFFIX, OVERLAY_SUFFIX  # noqa: E402
 from dinov3_m2f.data.synthetic import SYNTHETIC_CLASSES  # noqa: E402
-from dinov3_m2f.deploy.export import example_image, export_onnx, export_program, load_program, save_program  # noqa: E402
+from dinov3_m2f.deploy.export import (example_image, export_onnx, export_program, load_program,  # noqa: E402
+                                       load_program_runner, save_program)
 from dinov3_m2f.deploy.metadata import make_metadata  # noqa: E402
 from dinov3_m2f.deploy.module import SemSegExportModule  # noqa: E402
 from dinov3_m2f.deploy.onnx_runner import OnnxSemSegmenter  # noqa: E402
@@ -168,7 +170,7 @@ def test_dynamic_exports_take_any_batch_and_size(exports, predictor, fmt):
     if fmt == "onnx":
         run = OnnxSemSegmenter(path).run
     else:
-        module = load_program(path)[0].module()
+        module = load_program_runner(path)
 
         def run(images):
             with torch.inference_mode():
@@ -177,6 +179,23 @@ def test_dynamic_exports_take_any_batch_and_size(exports, predictor, fmt):
         images = example_image(height=height, width=width, batch=batch, seed=batch).numpy()
         reference = _d2_probs(predictor, [np.ascontiguousarray(i.transpose(1, 2, 0)) for i in images])
         _assert_parity(reference, run(images))
+    suffix = "onnx" if fmt == "onnx" else "pt2"
+    for height, width in ((32, 40), (40, 20)):
+        with pytest.raises(ValueError, match=f"dynamic.{suffix}: H and W must be at least 33"):
+            run(example_image(height=height, width=width).numpy())
+
+
+def test_onnx_run_refuses_other_value_ranges_unless_asked_to_scale(exports):
+    segmenter = OnnxSemSegmenter(exports["onnx", True])
+    image = example_image(height=64, width=64, seed=3).numpy()  # uint8
+    expected = segmenter.run(image)
+    np.testing.assert_array_equal(segmenter.run(image.astype(np.float32)), expected)  # 0..255 floats
+    with pytest.raises(ValueError, match="0..255.*look like 0..1.*input_range"):
+        segmenter.run(image.astype(np.float32) / 255.0)
+    with pytest.raises(ValueError, match="0..255.*16-bit"):
+        segmenter.run(image.astype(np.uint16) * 257)
+    np.testing.assert_array_equal(segmenter.run(image.astype(np.float32) / 255.0, input_range=(0, 1)), expected)
+    np.testing.assert_array_equal(segmenter.run(image.astype(np.uint16) * 257, input_range=(0, 65535)), expected)
 
 
 @pytest.mark.parametrize("fmt, ext", [("onnx", "onnx"), ("torch_export", "pt2")])
@@ -254,6 +273,8 @@ def test_export_benchmark_prints_a_row_for_the_benchmarks_page(tiny_synthetic_ch
     assert separator.startswith("|---|") and cells["threads"] == "1" and cells["input"] == "64x64 uint8"
     assert cells["exported runtime"].startswith("onnxruntime") and cells["config"] == os.path.basename(CONFIG)
     assert float(cells["PyTorch img/s"]) > 0 and float(cells["exported img/s"]) > 0
+    assert re.fullmatch(r"[\d.]+ [\d.]+ [\d.]+ / [\d.]+ [\d.]+ [\d.]+", cells["load avg before / after"])
+    assert cells["PyTorch / exported time"].endswith("x") and cells["OMP_WAIT_POLICY"]
 
 
 # ---------------------------------------------------------------- the runner and infer_onnx

@@ -27,7 +27,7 @@ def _table(text):
 def test_a_mode_comes_first(argv, capsys):
     assert benchmark.main(argv) == 2
     err = capsys.readouterr().err
-    assert "a mode first" in err and "{config,head,backbone,ops,compile,official,memory}" in err
+    assert "a mode first" in err and "{config,head,backbone,ops,compile,official,memory,scene}" in err
 
 
 def test_backbone_mode_compares_ours_with_transformers(tmp_path, capsys):
@@ -53,3 +53,13 @@ def test_head_mode_runs_the_tiny_model(capsys):
     assert [(r["mode"], r["model"], r["date"]) for r in rows] == [("train", "tiny", "2026-12-07"),
                                                                   ("infer", "tiny", "2026-12-07")]
     assert all(float(r["ms/iter"]) > 0 for r in rows)
+
+
+def test_scene_mode_reports_the_peak_memory_of_each_size(tmp_path, capfd):
+    pytest.importorskip("rasterio")
+    code = benchmark.main(["scene", "--sizes", "96", "--work-dir", str(tmp_path), "--crop-size", "64", "64",
+                           "--stride", "48", "48", "--block-size", "64", "64", "--opts", "train.device=cpu"])
+    assert code == 0
+    rows = [json.loads(line) for line in capfd.readouterr().out.splitlines() if line.startswith("{")]
+    assert [row["size"] for row in rows] == [96]
+    assert rows[0]["peak_rss_mib"] >= rows[0]["peak_rss_mib_after_model"] > 0

@@ -40,7 +40,7 @@ def test_command_prints_the_report_without_importing_detectron2():
     rows = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in proc.stdout.splitlines())
     assert rows["torch"].startswith(f"{torch.__version__} @ ")
     assert rows["numpy"] == np.__version__
-    for name in ("torchvision", "fvcore"):
+    for name in ("torchvision", "fvcore", "rasterio"):
         assert rows[name] == importlib.metadata.version(name)
     assert rows["detectron2"].startswith(importlib.metadata.version("detectron2") + " @ ")
     assert rows["GPU available"] == (f"yes ({torch.cuda.device_count()})"

@@ -120,6 +120,26 @@ def test_errors_name_the_file(fixture, tmp_path):
     assert not list(tmp_path.glob(".tmp_*"))
 
 
+def test_the_whole_head_is_checked_before_config_advice(fixture, tmp_path, capsys):
+    head = dict(fixture["head_state_dict"])
+    query_feat = "segmentation_model.1.predictor.query_feat.weight"
+    class_embed = "segmentation_model.1.predictor.class_embed.weight"
+    missing = {k: v for k, v in head.items() if k != class_embed}
+    with pytest.raises(ValueError, match=r"missing\.pth: the head lacks \['predictor.class_embed.weight'\]"):
+        tool.main([_save(missing, tmp_path / "missing.pth"), str(tmp_path / "out.pth")])
+    odd = dict(head, **{query_feat: torch.zeros(5, 7)})
+    with pytest.raises(ValueError, match=r"odd\.pth: .*disagree.*hidden_dim 64.*1 wrong shape: "
+                                         r"\['predictor.query_feat.weight \(5, 7\) \(expected \(100, 64\)\)'\]"):
+        tool.main([_save(odd, tmp_path / "odd.pth"), str(tmp_path / "out.pth")])
+    no_level_embed = {k: v for k, v in head.items() if not k.endswith("0.level_embed")}
+    with pytest.raises(ValueError, match="lvl.pth: the adapter has no"):
+        tool.main([_save(no_level_embed, tmp_path / "lvl.pth"), str(tmp_path / "out.pth")])
+    del head[query_feat]  # a missing tensor the sizes are not read from
+    with pytest.raises(ValueError, match=r"nofeat\.pth: .*1 missing: \['predictor.query_feat.weight'\]"):
+        tool.main([_save(head, tmp_path / "nofeat.pth"), str(tmp_path / "out.pth")])
+    assert "hidden_dim" not in capsys.readouterr().out and not (tmp_path / "out.pth").exists()
+
+
 def test_converted_head_evaluates_in_the_d2_model(fixture, tmp_path):
     """Trainable-only converted checkpoint + ViT weights -> DINOv3Mask2Former inference == official scores."""
     pytest.importorskip("detectron2")

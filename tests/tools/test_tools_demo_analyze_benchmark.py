@@ -17,6 +17,7 @@ from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
 
 from dinov3_m2f.d2.config import load_config  # noqa: E402
+from dinov3_m2f.data import outputs as demo_outputs  # noqa: E402
 from dinov3_m2f.data.files import collect_image_files  # noqa: E402
 from dinov3_m2f.layers import _extension, ms_deform_attn  # noqa: E402
 from helpers import DEV, REPO, load_tool  # noqa: E402
@@ -73,6 +74,26 @@ def test_demo_fails_when_no_image_is_readable(demo, tiny_synthetic_checkpoint, i
         code = demo.main(_demo_args(tiny_synthetic_checkpoint, tmp_path / "out", corrupt))
     assert code != 0
     assert any("corrupt.png" in r.getMessage() for r in caplog.records)
+
+
+def test_demo_refuses_a_too_large_image_before_decoding_it(demo, tiny_synthetic_checkpoint, image_folder,
+                                                           tmp_path, caplog, monkeypatch):
+    """Whole-image mode: an image over 2048 x 2048 is skipped with a pointer to slide mode, read
+    only as far as its header; the other images are segmented."""
+    big = image_folder / "big.png"
+    Image.new("RGB", (2049, 2048)).save(big)
+    (image_folder / "corrupt.png").unlink()
+    decoded = []
+    real_read_image = demo_outputs.read_image
+    monkeypatch.setattr(demo_outputs, "read_image",
+                        lambda path, **kw: decoded.append(path) or real_read_image(path, **kw))
+    with caplog.at_level(logging.WARNING):
+        code = demo.main(_demo_args(tiny_synthetic_checkpoint, tmp_path / "out", str(image_folder)))
+    assert code == 0
+    assert str(big) not in decoded and len(decoded) == 2
+    message = next(r.getMessage() for r in caplog.records if "big.png" in r.getMessage())
+    assert "ImageTooLargeError" in message and "2048x2049" in message and "--test-mode slide" in message
+    assert len(list((tmp_path / "out").glob("*_labels.png"))) == 2
 
 
 def test_demo_input_collection(image_folder, tmp_path):

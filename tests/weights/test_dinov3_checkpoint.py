@@ -1,4 +1,8 @@
 """DINOv3 ViT checkpoint loading: Meta .pth, safetensors, Hugging Face directories, errors."""
+import json
+import os
+import re
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -94,6 +98,22 @@ def test_hf_single_file_and_sharded_directory(tmp_path, name):
         model.forward_features(x)["x_norm_patchtokens"], reference_model.forward_features(x)["x_norm_patchtokens"]
     )
     assert_matches_reference(model, fixture)
+
+
+def test_a_shard_index_pointing_outside_the_model_folder_is_refused(tmp_path):
+    fixture = load_vit_fixture("mlp")
+    reference_model = empty_model(fixture)
+    shard_dir = write_hf_directory(tmp_path / "hf_dir", fixture["state_dict"],
+                                   config=hf_config_from_model(reference_model), num_shards=2)
+    index_path = os.path.join(shard_dir, "model.safetensors.index.json")
+    with open(index_path) as f:
+        index = json.load(f)
+    for outside in ("../elsewhere.safetensors", "/tmp/elsewhere.safetensors", "sub/../../x.safetensors"):
+        key = next(iter(index["weight_map"]))
+        with open(index_path, "w") as f:
+            json.dump(dict(index, weight_map=dict(index["weight_map"], **{key: outside})), f)
+        with pytest.raises(ValueError, match=r"index.json.*outside the model folder.*" + re.escape(outside)):
+            load_dinov3_weights(empty_model(fixture), shard_dir)
 
 
 @pytest.mark.parametrize("name", ["mlp", "swiglu"])

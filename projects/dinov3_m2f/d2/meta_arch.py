@@ -139,6 +139,11 @@ class DINOv3SemSegBase(nn.Module):
         padded = self._pad(list(images), 0.0)  # [B, 3, h', w'], h' and w' divisible
         return self._predict_scores(padded)[:, :, :height, :width]
 
+    def predict_crops(self, images: torch.Tensor) -> torch.Tensor:
+        """Class scores [B, C, h, w] of RGB crops [B, 3, h, w] (0..255, any size): normalized and
+        padded as in whole-image inference (the windows of block-wise scene inference)."""
+        return self._predict_padded(self._normalize(images))
+
     def _predict_view(self, images: torch.Tensor) -> torch.Tensor:
         """One view: sliding windows when configured, else the padded whole image."""
         if self.slide_crop_size is None:

@@ -26,7 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from dinov3_m2f.config_schema import AMP_DTYPES
-from dinov3_m2f.data.image import read_image
+from dinov3_m2f.data.image import read_image, read_image_header
+from dinov3_m2f.data.outputs import ImageTooLargeError
 from dinov3_m2f.modeling.torch_compile import compile_parts
 
 from .checkpoint import TrainableCheckpointer
@@ -40,6 +41,12 @@ __all__ = ["SemSegPredictor"]
 # Accepted values of ``autocast``: "auto" follows cfg.train.amp on CUDA and is off on CPU.
 AUTOCAST_CHOICES = ("auto", "none", *AMP_DTYPES)
 _UINT8_CHANNELS = 3
+# Largest image (height x width) of whole-image inference, where the ViT attends over all the
+# patches of the image at once: 2048 x 2048 pixels = 16384 tokens at patch 16. Larger images need
+# sliding windows (model.test_mode=slide), or tools/segment_scenes.py for scenes.
+MAX_WHOLE_IMAGE_PIXELS = 2048 * 2048
+TOO_LARGE_HINT = ("use sliding windows (tools/demo.py --test-mode slide --crop-size 512 512 --stride "
+                  "341 341), or tools/segment_scenes.py for large scenes (memory bounded by the window)")
 
 
 def _test_dataset_name(cfg: DictConfig) -> str:
@@ -153,6 +160,23 @@ class SemSegPredictor:
             autocast_dtype=_resolve_autocast(autocast, cfg, resolved_device),
         )
 
+    @property
+    def max_image_pixels(self) -> Optional[int]:
+        """The pixel limit (height x width) of this predictor: ``MAX_WHOLE_IMAGE_PIXELS`` when
+        whole images reach the model (test mode "whole", or "tta" without windows, and no
+        test-time resize in the config); None otherwise."""
+        whole = self.model.test_mode == "whole" or (
+            self.model.test_mode == "tta" and self.model.slide_crop_size is None)
+        return MAX_WHOLE_IMAGE_PIXELS if whole and not self.augmentations.augs else None
+
+    def check_image_size(self, height: int, width: int, *, name: str = "image") -> None:
+        """Raise :class:`ImageTooLargeError` when an image exceeds :attr:`max_image_pixels`."""
+        limit = self.max_image_pixels
+        if limit is not None and height * width > limit:
+            raise ImageTooLargeError(
+                f"{name} is {height}x{width} = {height * width} pixels, over the {limit} of "
+                f"whole-image inference; {TOO_LARGE_HINT}")
+
     def _as_image(self, image: Union[np.ndarray, str]) -> np.ndarray:
         if isinstance(image, (str, os.PathLike)):
             return read_image(os.fspath(image), image_format="RGB")
@@ -164,6 +188,15 @@ class SemSegPredictor:
             )
         return image
 
+    def predict_crops(self, crops: torch.Tensor) -> torch.Tensor:
+        """Scores [k, C, h, w] float32 of RGB crops [k, 3, h, w] (0..255, any size), as the model
+        scores one sliding window (no test-time resize); the ``predict`` of
+        :func:`dinov3_m2f.scenes.segment.segment_scene`."""
+        with torch.inference_mode(), torch.autocast(
+            self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
+        ):
+            return self.model.predict_crops(crops.to(self.device)).float()
+
     def __call__(
         self, image: Union[np.ndarray, str], *, return_probs: bool = False
     ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
@@ -173,8 +206,11 @@ class SemSegPredictor:
             labels: int64 [H, W] class ids. With ``return_probs``, also probs: float32
             [C, H, W], the model's scores (Mask2Former: not normalized to sum to 1).
         """
+        if isinstance(image, (str, os.PathLike)):
+            self.check_image_size(*read_image_header(os.fspath(image)).displayed_size, name=os.fspath(image))
         original = self._as_image(image)
         height, width = original.shape[:2]
+        self.check_image_size(height, width)
         aug_input = T.AugInput(original)
         self.augmentations(aug_input)
         tensor = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))

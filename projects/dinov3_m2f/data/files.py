@@ -180,12 +180,13 @@ def pair_image_mask_files(
     return FilePairing(images=images, masks=masks, duplicates=duplicates + mask_duplicates)
 
 
-def collect_image_files(patterns: Sequence[str]) -> List[str]:
+def collect_image_files(patterns: Sequence[str], *, suffixes: Sequence[str] = INPUT_IMAGE_SUFFIXES) -> List[str]:
     """Expand image files, folders (their images, sorted, not recursive) and glob patterns into a
     list of files, in order and without duplicates.
 
     Args:
         patterns: the command-line inputs.
+        suffixes: lower-case file name endings of the images listed from folders.
 
     Returns:
         The files.
@@ -200,7 +201,7 @@ def collect_image_files(patterns: Sequence[str]) -> List[str]:
             found = [
                 os.path.join(pattern, name)
                 for name in sorted(os.listdir(pattern))
-                if name.lower().endswith(INPUT_IMAGE_SUFFIXES)
+                if name.lower().endswith(tuple(suffixes))
             ]
         elif os.path.isfile(pattern):
             found = [pattern]

@@ -12,7 +12,12 @@ from typing import List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-__all__ = ["class_colors", "draw_overlay"]
+__all__ = ["OVERLAY_MAX_SIZE", "class_colors", "downsample_for_overlay", "draw_overlay", "preview_shape",
+           "sample_centres"]
+
+# Longest side, in pixels, of the overlays written by the inference tools: larger images are
+# drawn on a downsampled copy (the label PNGs keep the full size).
+OVERLAY_MAX_SIZE = 2048
 
 # Seed of the palette of datasets without official colours.
 PALETTE_SEED = 0
@@ -38,6 +43,39 @@ def class_colors(num_classes: int, *, seed: int = PALETTE_SEED) -> List[Tuple[in
     """
     rng = np.random.default_rng(seed)
     return [tuple(int(c) for c in rgb) for rgb in rng.integers(0, 256, size=(num_classes, 3))]
+
+
+def preview_shape(height: int, width: int, max_size: int) -> Tuple[int, int]:
+    """(h, w) of a copy whose longer side is at most ``max_size`` (never enlarged)."""
+    scale = min(1.0, max_size / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def sample_centres(size: int, preview_size: int) -> np.ndarray:
+    """int64 [preview_size]: the source index at the centre of each preview cell over ``size``."""
+    return ((np.arange(preview_size) + 0.5) * size / preview_size).astype(np.int64)
+
+
+def downsample_for_overlay(
+    image: np.ndarray, labels: np.ndarray, *, max_size: int = OVERLAY_MAX_SIZE
+) -> Tuple[np.ndarray, np.ndarray]:
+    """The image (area average) and labels (nearest, at cell centres) at most ``max_size`` a side.
+
+    Args:
+        image: RGB uint8 [H, W, 3].
+        labels: integer [H, W] class ids.
+        max_size: longest side of the result; smaller inputs are returned as they are.
+
+    Returns:
+        (image [h, w, 3], labels [h, w]).
+    """
+    height, width = labels.shape
+    preview_h, preview_w = preview_shape(height, width, max_size)
+    if (preview_h, preview_w) == (height, width):
+        return image, labels
+    small = cv2.resize(image, (preview_w, preview_h), interpolation=cv2.INTER_AREA)
+    rows, cols = sample_centres(height, preview_h), sample_centres(width, preview_w)
+    return small, labels[np.ix_(rows, cols)]
 
 
 def _boundaries(labels: np.ndarray) -> np.ndarray:
@@ -106,9 +144,9 @@ def draw_overlay(
     palette = np.asarray(colors, dtype=np.float32).reshape(num_classes, 3)  # [C, 3]
     labelled = (labels >= 0) & (labels < num_classes)  # [H, W]
     ids = np.where(labelled, labels, 0)  # [H, W], safe index
-    weight = np.where(labelled, alpha, 0.0)[:, :, None]  # [H, W, 1]
+    weight = np.where(labelled, np.float32(alpha), np.float32(0.0))[:, :, None]  # [H, W, 1] float32
     weight[_boundaries(labels) & labelled] = 1.0
-    overlay = image.astype(np.float32) * (1.0 - weight) + palette[ids] * weight  # [H, W, 3]
+    overlay = image.astype(np.float32) * (1.0 - weight) + palette[ids] * weight  # [H, W, 3] float32
     overlay = np.clip(np.rint(overlay), 0, 255).astype(np.uint8)
 
     present = np.unique(labels)

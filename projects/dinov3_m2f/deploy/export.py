@@ -9,13 +9,13 @@ neither torch nor this project to run.
 """
 import json
 import logging
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Callable, Dict, Mapping, Tuple
 
 import torch
 from torch.export import Dim, ExportedProgram
 
 from ..layers import _extension
-from .metadata import INPUT_DTYPES, INPUT_RANGE, METADATA_KEY, parse_metadata
+from .metadata import INPUT_DTYPES, INPUT_RANGE, METADATA_KEY, check_input_size, parse_metadata
 from .module import SemSegExportModule, deform_attn_impl
 
 logger = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ __all__ = [
     "export_onnx",
     "export_program",
     "load_program",
+    "load_program_runner",
     "save_program",
 ]
 
@@ -121,6 +122,28 @@ def load_program(path: str) -> Tuple[ExportedProgram, Dict[str, Any]]:
     if not extra[METADATA_KEY]:
         raise ValueError(f"{path} has no '{METADATA_KEY}' metadata; was it written by tools/export_model.py?")
     return program, parse_metadata(extra[METADATA_KEY], path=path)
+
+
+def load_program_runner(path: str) -> Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]:
+    """The module of the ``.pt2`` ``path``, with the input size checked before it runs.
+
+    A program guards its input shapes with raw symbolic expressions; this says instead what the
+    model takes (a dynamic export: H and W of at least ``size_divisibility + 1``; a static one:
+    its export size), naming the file.
+
+    Returns:
+        images [B, 3, H, W] -> (probs [B, C, H, W], labels [B, H, W]).
+    """
+    program, metadata = load_program(path)
+    module = program.module()
+
+    def run(images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        if images.dim() != 4:
+            raise ValueError(f"{path}: images must be [B, 3, H, W], got shape {tuple(images.shape)}")
+        check_input_size(metadata, *images.shape[-2:], path=path)
+        return module(images)
+
+    return run
 
 
 def export_onnx(

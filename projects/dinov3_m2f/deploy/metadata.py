@@ -14,7 +14,7 @@ archive as the extra file of that name. Fields:
 import json
 from typing import Any, Dict, List, Optional, Sequence
 
-__all__ = ["FORMAT_VERSION", "INPUT_DTYPES", "METADATA_KEY", "make_metadata", "parse_metadata"]
+__all__ = ["FORMAT_VERSION", "INPUT_DTYPES", "METADATA_KEY", "check_input_size", "make_metadata", "parse_metadata"]
 
 METADATA_KEY = "dinov3_m2f"
 FORMAT_VERSION = 1
@@ -82,3 +82,21 @@ def parse_metadata(text: str, *, path: str) -> Dict[str, Any]:
             f"{FORMAT_VERSION}; export the model again with this version of dinov3_m2f"
         )
     return metadata
+
+
+def check_input_size(metadata: Dict[str, Any], height: int, width: int, *, path: str) -> None:
+    """Raise a ValueError naming ``path`` when an H x W input does not suit the exported model.
+
+    A dynamic export takes sides from ``size_divisibility + 1`` (33) up: the coarsest feature map
+    needs two cells, one cell was never traced. A static export takes its ``input_size`` only.
+    """
+    if metadata["dynamic"]:
+        min_side = int(metadata.get("size_divisibility", 1)) + 1
+        if min(height, width) < min_side:
+            raise ValueError(f"{path}: H and W must be at least {min_side}, got {height}x{width} "
+                             f"(pad or resize smaller images)")
+        return
+    expected = tuple(metadata.get("input_size") or ())
+    if expected and (height, width) != expected:
+        raise ValueError(f"{path} was exported for {expected[0]}x{expected[1]} inputs, got {height}x{width}; "
+                         "export it with --dynamic for other sizes")

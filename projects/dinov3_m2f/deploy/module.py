@@ -115,8 +115,8 @@ class SemSegExportModule(nn.Module):
         probs = semantic_probs(
             outputs["pred_logits"], outputs["pred_masks"], output_size=tuple(x.shape[-2:])
         )  # [B, C, H', W']
-        # Cropped by index, not by a slice: a slice is a view whose contiguity depends on whether
-        # W == W', and torch.export would fix that answer for every later input size.
-        probs = probs.index_select(2, torch.arange(height, device=probs.device))
-        probs = probs.index_select(3, torch.arange(width, device=probs.device))  # [B, C, H, W]
+        # Cropped to H x W by a negative padding: one plain copy. A slice or narrow would make
+        # torch.export specialise on whether H == H' (the example's answer would hold for every
+        # later size), and index_select gathers element by element (slow at full size).
+        probs = F.pad(probs, (0, width - probs.shape[-1], 0, height - probs.shape[-2]))  # [B, C, H, W]
         return probs, probs.argmax(dim=1)

@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..windows import sliding_windows
-from .metadata import METADATA_KEY, RGB_CHANNELS, parse_metadata
+from .metadata import INPUT_RANGE, METADATA_KEY, RGB_CHANNELS, check_input_size, parse_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ __all__ = ["OnnxSemSegmenter"]
 
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 PROBS_OUTPUT = "probs"
+PIXEL_MAX = float(INPUT_RANGE[1])
 _ORT_INPUT_DTYPES = {"tensor(uint8)": np.uint8, "tensor(float)": np.float32}
 
 
@@ -81,23 +82,50 @@ class OnnxSemSegmenter:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def run(self, images: np.ndarray) -> np.ndarray:
+    def _pixel_values(self, images: np.ndarray, input_range: Optional[Tuple[float, float]]) -> np.ndarray:
+        """``images`` as the model's input dtype on the 0..255 scale; refuses other ranges."""
+        if input_range is not None:
+            low, high = map(float, input_range)
+            if high <= low:
+                raise ValueError(f"input_range must be (low, high) with high > low, got {input_range}")
+            scaled = (images.astype(np.float32) - low) * (PIXEL_MAX / (high - low))
+            images = np.clip(scaled, 0.0, PIXEL_MAX)
+            return np.rint(images) if self.input_dtype == np.uint8 else images
+        if images.dtype == np.uint8:
+            return images
+        if images.dtype == np.bool_ or not np.issubdtype(images.dtype, np.number):
+            raise ValueError(f"images must be numbers in 0..255, got dtype {images.dtype}")
+        low, high = (float(images.min()), float(images.max())) if images.size else (0.0, 0.0)
+        hint = "pass input_range=(low, high) to scale them, or convert to uint8 0..255"
+        if low < 0 or high > PIXEL_MAX:
+            raise ValueError(f"images must have values in 0..255 (RGB, 8-bit scale), got {images.dtype} "
+                             f"values in {low:g}..{high:g} (16-bit data?); {hint}")
+        if np.issubdtype(images.dtype, np.floating):
+            if 0 < high <= 1.0:
+                raise ValueError(f"images must have values in 0..255 (RGB, 8-bit scale), got {images.dtype} "
+                                 f"values in {low:g}..{high:g}, which look like 0..1; {hint}")
+            if self.input_dtype == np.uint8 and not np.array_equal(images, np.rint(images)):
+                raise ValueError(f"{self.path} takes uint8 input; got fractional {images.dtype} values; {hint}")
+        return images
+
+    def run(self, images: np.ndarray, *, input_range: Optional[Tuple[float, float]] = None) -> np.ndarray:
         """Class probabilities of a batch.
 
         Args:
-            images: [B, 3, H, W] RGB with values in 0..255 (cast to the model's input dtype).
+            images: [B, 3, H, W] RGB with values in 0..255: uint8, or any numeric type holding
+                such values (whole numbers for a uint8 model). Values outside 0..255, and float
+                images within 0..1, are refused unless ``input_range`` says how to scale them.
+            input_range: (low, high) of ``images``, mapped linearly onto 0..255 (clipped), e.g.
+                (0, 1) for float images or (0, 65535) for 16-bit ones.
 
         Returns:
             float32 [B, C, H, W].
         """
         if images.ndim != 4 or images.shape[1] != RGB_CHANNELS:
             raise ValueError(f"images must be [B, 3, H, W] RGB, got shape {images.shape}")
-        if self.fixed_size is not None and tuple(images.shape[2:]) != self.fixed_size:
-            raise ValueError(
-                f"{self.path} was exported for {self.fixed_size[0]}x{self.fixed_size[1]} inputs, got "
-                f"{images.shape[2]}x{images.shape[3]}; export it with --dynamic for other sizes"
-            )
-        feed = {self.input_name: np.ascontiguousarray(images, dtype=self.input_dtype)}
+        check_input_size(self.metadata, *images.shape[2:], path=self.path)
+        pixels = self._pixel_values(images, input_range)
+        feed = {self.input_name: np.ascontiguousarray(pixels, dtype=self.input_dtype)}
         (probs,) = self.session.run([PROBS_OUTPUT], feed)
         return probs
 

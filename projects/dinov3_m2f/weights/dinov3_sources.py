@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optio
 
 from torch import Tensor
 
+from ..listing import short_list
 from .dinov3_hf import K_BIAS_CHUNK, QKV_NAMES, has_gated_mlp, is_hf_state_dict, official_key, official_shape
 from .files import safe_torch_load
 
@@ -158,6 +159,15 @@ def _hf_directory(path: str) -> Tuple[List[TensorFile], Optional[Tuple[str, Dict
     weight_map = _read_json(index_path).get("weight_map")
     if not isinstance(weight_map, Mapping) or not weight_map:
         raise ValueError(f"{index_path!r} has no 'weight_map'")
+    # Checked by name (a shard may be a symbolic link, as in the Hugging Face cache): a plain file
+    # name of the folder, no absolute path, no "..", no sub-folder.
+    folder = os.path.normpath(path)
+    outside = sorted(str(shard) for shard in set(weight_map.values())
+                     if not isinstance(shard, str) or os.path.isabs(shard)
+                     or os.path.dirname(os.path.normpath(os.path.join(folder, shard))) != folder)
+    if outside:
+        raise ValueError(f"{index_path!r} names shards outside the model folder {path!r}: "
+                         f"{short_list(outside)}; shards must be files of that folder")
     shards = {shard: _SafetensorsFile(os.path.join(path, shard)) for shard in sorted(set(weight_map.values()))}
     missing = sorted(key for key, shard in weight_map.items() if key not in shards[shard].shapes)
     if missing:

@@ -172,9 +172,13 @@ def load_checkpoint_file(path: str) -> Dict[str, Any]:
             "Convert it to .pth (tensors only) or .safetensors."
         )
     if path.endswith(SAFETENSORS_EXTENSION):
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return {"model": load_file(path, device="cpu")}
+        try:
+            return {"model": load_file(path, device="cpu")}
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise ValueError(f"Could not read safetensors checkpoint {path}: {e}") from e
     loaded = safe_torch_load(path)
     if not isinstance(loaded, dict):
         raise ValueError(f"Checkpoint {path} does not hold a dict")
