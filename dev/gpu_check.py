@@ -25,11 +25,12 @@ fails is reported and the next one runs):
   d2-vitl     only with --d2-source: dev/benchmark.py config with configs/ade20k/m2f_vitl16_lvd1689m_512.py
               (detectron2's trainer and meta-architecture), detectron2 taken from that source tree
 
-The model steps use the plain-PyTorch core and import nothing from detectron2, so the check runs
-on a bare GPU image (Python, torch, scipy, pytest) plus the core's pure-Python dependency fvcore
-(with iopath, yacs and termcolor), carried as wheels, e.g. prepared here with
-``python3 -m pip wheel --no-deps -w .whl fvcore iopath yacs termcolor`` and installed there with
-``pip install --no-index --no-deps --target /tmp/site .whl/*.whl`` + ``PYTHONPATH=/tmp/site``.
+The model steps use the plain-PyTorch core and import nothing from detectron2 or fvcore, so the
+check runs on a bare GPU image (Python, torch, scipy, pytest). The d2-vitl step needs detectron2's
+pure-Python dependencies too (``D2_MODULES`` of dev/gpu_check_steps.py), carried as wheels, e.g.
+prepared here with ``python3 -m pip wheel --no-deps -w .whl fvcore iopath yacs termcolor ...``
+and installed there with ``pip install --no-index --no-deps --target /tmp/site .whl/*.whl`` +
+``PYTHONPATH=/tmp/site``.
 Targets are checked in the results file, not by the exit code: the exit code is 1 when a step
 failed, else 0.
 

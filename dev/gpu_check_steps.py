@@ -54,7 +54,7 @@ DRY_COMPILE_BACKEND = "aot_eager"
 VITL_CONFIG = "configs/ade20k/m2f_vitl16_lvd1689m_512.py"
 DRY_D2_CONFIG = "configs/synthetic/m2f_tiny_synthetic.py"
 # Packages the detectron2 step needs beyond a bare GPU image (carry them as wheels; the core
-# steps need fvcore, iopath, yacs and termcolor of this list too).
+# steps need none of them).
 D2_MODULES = ["detectron2", "fvcore", "iopath", "omegaconf", "hydra", "yacs", "termcolor", "pycocotools"]
 # Run in a child after the build: the extension loads (and, on a GPU, has CUDA kernels).
 IMPORT_CHECK = """

@@ -17,6 +17,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
+import dinov3_m2f.d2  # noqa: F401  before detectron2: imports it without its import-time warnings
 from detectron2.data.datasets.builtin_meta import CITYSCAPES_CATEGORIES
 
 from dinov3_m2f.data.files import datasets_root, list_files

@@ -24,6 +24,7 @@ import sys
 from typing import Optional, Sequence
 
 import torch
+import dinov3_m2f.d2  # noqa: F401  before detectron2: imports it without its import-time warnings
 from detectron2.engine import launch
 from detectron2.utils import comm
 

@@ -30,6 +30,7 @@ import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+import dinov3_m2f.d2  # noqa: F401  before detectron2: imports it without its import-time warnings
 from detectron2.config import instantiate
 from detectron2.engine import HookBase
 from omegaconf import DictConfig

@@ -4,7 +4,6 @@ signal once an iteration is logged, and every process killed at the end whatever
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,12 +26,6 @@ OVERRIDES = [
 ]
 PREEMPTED_EXIT_CODE = 75
 WEIGHTS_ATOL = 1e-6
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def train_command(output_dir, *extra, program=(sys.executable, TRAIN_NET)):

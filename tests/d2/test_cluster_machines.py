@@ -10,11 +10,11 @@ import pytest
 
 pytest.importorskip("detectron2")
 
-from cluster_runs import PROCESS_TIMEOUT_S, Runs, free_port, train_command  # noqa: E402
+from cluster_runs import PROCESS_TIMEOUT_S, Runs, train_command  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from dinov3_m2f.d2.config_agreement import differing_keys, flatten_config  # noqa: E402
-from dinov3_m2f.d2.launch import ProcessGroupSetting, distributed_environment, launch  # noqa: E402
+from dinov3_m2f.d2.launch import ProcessGroupSetting, distributed_environment, free_port, launch  # noqa: E402
 
 SHORT_TIMEOUT_S = 10
 EXIT_WAIT_S = 30

@@ -16,12 +16,13 @@ from cluster_runs import (  # noqa: E402
     TRAIN_NET,
     Runs,
     assert_same_final_weights,
-    free_port,
     logged_iterations,
     preempted_checkpoint,
     signal_after_iteration,
     train_command,
 )
+
+from dinov3_m2f.d2.launch import free_port  # noqa: E402
 
 TWO_PROCESSES = ("--num-gpus", "2", "--dist-url", "auto")
 LOSS_RTOL = 1e-6

@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 # prctl option of <linux/prctl.h>: the signal this process gets when its parent dies.
 PR_SET_PDEATHSIG = 1
 
-__all__ = ["DEFAULT_DIST_TIMEOUT_S", "ProcessGroupSetting", "distributed_environment", "launch",
+__all__ = ["DEFAULT_DIST_TIMEOUT_S", "ProcessGroupSetting", "distributed_environment", "free_port", "launch",
            "process_group_backend"]
 
 # detectron2's default: long enough for a slow machine to start and for a long evaluation on
@@ -178,7 +178,7 @@ def _join_process_group(setting: ProcessGroupSetting, *, backend: str, timeout_s
     logger.info("All %d processes joined", setting.world_size)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     """A TCP port of this machine that no process listens on now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("", 0))
@@ -295,7 +295,7 @@ def launch(main_func: Callable, args: tuple = (), *, num_processes: int = 1, num
     if dist_url == "auto":
         if num_machines != 1:
             raise ValueError("--dist-url auto works on one machine only; give tcp://<host>:<port>")
-        dist_url = f"tcp://127.0.0.1:{_free_port()}"
+        dist_url = f"tcp://127.0.0.1:{free_port()}"
     _spawn(main_func, args, num_processes=num_processes, num_machines=num_machines,
            machine_rank=machine_rank, dist_url=dist_url, backend=backend, timeout_s=timeout_s,
            signal_names=preemption_signals)
