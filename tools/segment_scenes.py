@@ -23,12 +23,12 @@ import os
 import sys
 from typing import Optional, Sequence
 
-import torch
 import dinov3_m2f.d2  # noqa: F401  before detectron2: imports it without its import-time warnings
-from detectron2.engine import launch
 from detectron2.utils import comm
 
+from dinov3_m2f.d2.launch import launch, process_group_backend
 from dinov3_m2f.d2.predictor import SemSegPredictor
+from dinov3_m2f.d2.trainer import resolve_device
 from dinov3_m2f.data.files import INPUT_IMAGE_SUFFIXES, collect_image_files
 from dinov3_m2f.modeling.blockwise import DEFAULT_BLOCK_SIZE
 from dinov3_m2f.scenes.bands import add_band_arguments, band_selection_from_args
@@ -73,7 +73,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="longer side of the overlay in pixels")
     parser.add_argument("--num-gpus", type=int, default=1,
                         help="processes (one per GPU; on CPU, processes sharing the cores)")
-    parser.add_argument("--dist-url", default="auto", help="detectron2 launch URL")
+    parser.add_argument("--dist-url", default="auto", help="rendezvous URL of the --num-gpus processes (auto: a free local port)")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                         help="config overrides key=value (last option)")
     return parser.parse_args(argv)
@@ -89,22 +89,13 @@ def slide_settings(args: argparse.Namespace, model) -> SlideSettings:
                          slide_batch=args.slide_batch or model.slide_batch)
 
 
-def _rank_and_world() -> tuple:
-    """(rank, world size): detectron2's launch, else torchrun's environment, else one process."""
-    if comm.get_world_size() > 1:
-        return comm.get_rank(), comm.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
 def worker(args: argparse.Namespace) -> None:
     """Segment this process's share of the scenes."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     selection = band_selection_from_args(args)
     files = collect_image_files(args.inputs, suffixes=SCENE_SUFFIXES)
-    rank, world_size = _rank_and_world()
-    device = args.device
-    if world_size > 1 and (device == "cuda" or (device == "auto" and torch.cuda.is_available())):
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', comm.get_local_rank()))}"  # one GPU each
+    rank, world_size = comm.get_rank(), comm.get_world_size()
+    device = str(resolve_device(args.device))  # "cuda": the GPU of this process' local rank
     predictor = SemSegPredictor.from_config(args.config_file, checkpoint=args.checkpoint,
                                             overrides=args.opts, device=device, autocast=args.autocast)
     if len(predictor.augmentations.augs):
@@ -134,12 +125,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     os.environ.setdefault("GDAL_CACHEMAX", DEFAULT_GDAL_CACHE_MIB)  # read by GDAL at its first use
+    # --num-gpus processes, or this process joins those of torchrun / srun (dinov3_m2f.d2.launch)
+    launch(worker, (args,), num_processes=args.num_gpus, dist_url=args.dist_url,
+           backend=process_group_backend(args.device))
     if args.num_gpus > 1:
-        launch(worker, args.num_gpus, dist_url=args.dist_url, args=(args,))
         rank, world_size = 0, 1  # the processes have ended: check every scene
     else:
-        worker(args)
-        rank, world_size = _rank_and_world()  # under torchrun: this process's scenes only
+        rank, world_size = comm.get_rank(), comm.get_world_size()  # this process's scenes only
     files = scene_share(collect_image_files(args.inputs, suffixes=SCENE_SUFFIXES), rank=rank,
                         world_size=world_size)
     missing = [f for f in files if not os.path.exists(scene_outputs(f, args.output).labels)]
