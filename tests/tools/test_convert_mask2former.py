@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from dinov3_m2f.modeling import Mask2FormerHead
+from dinov3_m2f.modeling.segmentor import TINY_HEAD, TINY_NUM_CLASSES, TINY_VIT
 from dinov3_m2f.weights.mask2former import (
     SKIP_BACKBONE_INPUT,
     SKIP_OUTSIDE_HEAD,
@@ -26,11 +27,9 @@ from helpers import CreatesFileWhenUnpickled, load_init_checkpoint, load_tool, w
 from helpers import REPO  # noqa: E402
 SYNTHETIC_CONFIG = os.path.join(REPO, "configs", "synthetic", "m2f_tiny_synthetic.py")
 
-# The head of configs/synthetic/m2f_tiny_synthetic.py (hidden 64, 4 heads, 2 encoder and 3 decoder
-# layers, 16 queries, 7 classes), on a ViT of width 64.
-HEAD = dict(num_classes=7, hidden_dim=64, num_queries=16, nheads=4, enc_dim_feedforward=128,
-            dec_dim_feedforward=128, enc_layers=2, dec_layers=3)
-VIT_CHANNELS = 64
+# The head of configs/synthetic/m2f_tiny_synthetic.py, on its ViT.
+HEAD = dict(num_classes=TINY_NUM_CLASSES, **TINY_HEAD)
+VIT_CHANNELS = TINY_VIT["embed_dim"]
 # The original backbone: Swin-T channels at strides 4, 8, 16, 32 (res2..res5).
 SWIN_T_CHANNELS = (96, 192, 384, 768)
 LEVELS, POINTS, MASK_EMBED_LAYERS = 3, 4, 3
