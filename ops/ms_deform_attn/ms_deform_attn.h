@@ -183,6 +183,18 @@ inline void check_ms_deform_attn_grad_output(
       "ms_deform_attn: grad_output is on ", grad_output.device(), " but value is on ", value.device());
 }
 
+// The inputs of a backward call: the forward's, checked as the forward checks them, and
+// grad_output, checked against them.
+inline MSDeformAttnInputs check_ms_deform_attn_backward_inputs(
+    const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations, const at::Tensor& attention_weights,
+    const at::Tensor& grad_output) {
+  MSDeformAttnInputs in = check_ms_deform_attn_inputs(
+      value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+  check_ms_deform_attn_grad_output(grad_output, value, in.sizes);
+  return in;
+}
+
 // Bilinear sampling geometry of one point, computed once and reused for every channel.
 // Pixel centres sit at (i + 0.5) / size (grid_sample with align_corners=False); corners outside
 // the level read zeros (zero padding).

@@ -160,11 +160,8 @@ void backward_kernel(
 } // namespace
 
 at::Tensor ms_deform_attn_forward_cpu(
-    const at::Tensor& value,
-    const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights) {
+    const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations, const at::Tensor& attention_weights) {
   const MSDeformAttnInputs in = check_ms_deform_attn_inputs(
       value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   if (value.scalar_type() == at::kHalf) {
@@ -188,16 +185,12 @@ at::Tensor ms_deform_attn_forward_cpu(
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
-    const at::Tensor& value,
-    const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights,
+    const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations, const at::Tensor& attention_weights,
     const at::Tensor& grad_output) {
-  const MSDeformAttnInputs in = check_ms_deform_attn_inputs(
-      value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+  const MSDeformAttnInputs in = check_ms_deform_attn_backward_inputs(
+      value, spatial_shapes, level_start_index, sampling_locations, attention_weights, grad_output);
   const MSDeformAttnSizes& sz = in.sizes;
-  check_ms_deform_attn_grad_output(grad_output, value, sz);
   if (value.scalar_type() == at::kHalf) {
     const auto grads = ms_deform_attn_backward_cpu(
         in.value.to(at::kFloat),

@@ -212,11 +212,8 @@ void check_levels_unless_capturing(
 } // namespace
 
 at::Tensor ms_deform_attn_forward_cuda(
-    const at::Tensor& value,
-    const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights) {
+    const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations, const at::Tensor& attention_weights) {
   const MSDeformAttnInputs in = check_ms_deform_attn_inputs(
       value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   const MSDeformAttnSizes& sz = in.sizes;
@@ -243,16 +240,12 @@ at::Tensor ms_deform_attn_forward_cuda(
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
-    const at::Tensor& value,
-    const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights,
+    const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations, const at::Tensor& attention_weights,
     const at::Tensor& grad_output) {
-  const MSDeformAttnInputs in = check_ms_deform_attn_inputs(
-      value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+  const MSDeformAttnInputs in = check_ms_deform_attn_backward_inputs(
+      value, spatial_shapes, level_start_index, sampling_locations, attention_weights, grad_output);
   const MSDeformAttnSizes& sz = in.sizes;
-  check_ms_deform_attn_grad_output(grad_output, value, sz);
   TORCH_CHECK(value.is_cuda(), "ms_deform_attn: value must be a CUDA tensor, got ", value.device());
   const c10::cuda::CUDAGuard device_guard(value.device());
   check_levels_unless_capturing(spatial_shapes, level_start_index, sz.num_values);
