@@ -32,7 +32,7 @@ from dinov3_m2f.d2.trainer import resolve_device
 from dinov3_m2f.data.files import INPUT_IMAGE_SUFFIXES, collect_image_files
 from dinov3_m2f.modeling.blockwise import DEFAULT_BLOCK_SIZE
 from dinov3_m2f.scenes.bands import add_band_arguments, band_selection_from_args
-from dinov3_m2f.scenes.jobs import run_scenes, scene_share
+from dinov3_m2f.scenes.jobs import run_scenes
 from dinov3_m2f.scenes.readers import is_plain_image, open_scene
 from dinov3_m2f.scenes.segment import SlideSettings, scene_outputs, segment_scene
 
@@ -120,20 +120,16 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the tool; returns the exit code: 1 when a scene (of this process, under torchrun) has
-    no labels at the end."""
+    """Run the tool; returns the exit code: 1 when a scene has no labels at the end (after
+    every process has finished)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     os.environ.setdefault("GDAL_CACHEMAX", DEFAULT_GDAL_CACHE_MIB)  # read by GDAL at its first use
     # --num-gpus processes, or this process joins those of torchrun / srun (dinov3_m2f.d2.launch)
     launch(worker, (args,), num_processes=args.num_gpus, dist_url=args.dist_url,
            backend=process_group_backend(args.device))
-    if args.num_gpus > 1:
-        rank, world_size = 0, 1  # the processes have ended: check every scene
-    else:
-        rank, world_size = comm.get_rank(), comm.get_world_size()  # this process's scenes only
-    files = scene_share(collect_image_files(args.inputs, suffixes=SCENE_SUFFIXES), rank=rank,
-                        world_size=world_size)
+    # every process has finished its share (the launcher waits for all): check every scene
+    files = collect_image_files(args.inputs, suffixes=SCENE_SUFFIXES)
     missing = [f for f in files if not os.path.exists(scene_outputs(f, args.output).labels)]
     if missing:
         logger.error("%d of %d scene(s) have no labels (see the errors above): %s", len(missing),

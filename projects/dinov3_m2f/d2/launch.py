@@ -196,6 +196,16 @@ def _die_with_parent() -> None:
         raise OSError(error, f"prctl(PR_SET_PDEATHSIG): {os.strerror(error)}")
 
 
+def _run_then_leave_group(main_func: Callable, args: tuple) -> None:
+    """Run ``main_func(*args)``; then every process waits for the others and leaves the process
+    group. A process that exits while another still uses the group can abort in the backend's
+    threads ("terminate called without an active exception")."""
+    main_func(*args)
+    if dist.is_initialized():
+        comm.synchronize()
+        dist.destroy_process_group()
+
+
 def _spawned_worker(local_rank: int, main_func: Callable, args: tuple, machine_rank: int,
                     local_world_size: int, world_size: int, dist_url: str, backend: str,
                     timeout_s: float, signal_names: Sequence[str], shared, launcher_pid: int) -> None:
@@ -208,7 +218,7 @@ def _spawned_worker(local_rank: int, main_func: Callable, args: tuple, machine_r
     rank = machine_rank * local_world_size + local_rank
     setting = ProcessGroupSetting(rank, world_size, local_rank, local_world_size, dist_url, "launch")
     _join_process_group(setting, backend=backend, timeout_s=timeout_s)
-    main_func(*args)
+    _run_then_leave_group(main_func, args)
 
 
 class _LauncherRequest(PreemptionRequest):
@@ -286,7 +296,7 @@ def launch(main_func: Callable, args: tuple = (), *, num_processes: int = 1, num
             )
         install_preemption_handlers(preemption_signals)
         _join_process_group(setting, backend=backend, timeout_s=timeout_s)
-        main_func(*args)
+        _run_then_leave_group(main_func, args)
         return
     if num_processes * num_machines == 1:
         install_preemption_handlers(preemption_signals)
